@@ -1,0 +1,206 @@
+"""Paged KV block allocator with reference counts and prefix caching.
+
+Design after vLLM's PagedAttention block manager (Kwon et al., SOSP 2023) and its V1 prefix
+cache: a full block is identified by the chained hash of its content, blocks are shared by
+reference count, and a block whose count drops to zero keeps its content (and hash) until it
+is reused for something else, in least-recently-freed order. As in vLLM V0's evictor, free
+blocks that hold no cached content are handed out before cached ones are evicted.
+
+Blocks never computed by anyone carry no hash, so for traces without prefix information the
+allocator works on plain lists in bulk (slices), which is what keeps a million-request
+simulation fast.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from policies.sequence import Sequence
+
+
+@dataclass
+class KVStats:
+    queried_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    hit_tokens: int = 0  # of which found cached
+    evictions: int = 0  # cached blocks whose content was dropped to make room
+    peak_used_blocks: int = 0
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_count = [0] * num_blocks
+        self.block_hash: list[int | None] = [None] * num_blocks
+        # Free blocks without cached content: a stack (order is irrelevant, bulk slicing is fast).
+        self._clean: list[int] = list(range(num_blocks - 1, -1, -1))
+        # Free blocks with cached content, least recently freed first.
+        self._cached_free: OrderedDict[int, None] = OrderedDict()
+        self._hash_to_block: dict[int, int] = {}
+        self.stats = KVStats()
+
+    # -- queries -----------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation may take now (clean ones plus evictable cached ones)."""
+        return len(self._clean) + len(self._cached_free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - self.num_free_blocks
+
+    @property
+    def usage(self) -> float:
+        return self.num_used_blocks / self.num_blocks
+
+    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        """Extra blocks `seq` needs to hold `num_new_tokens` more computed tokens."""
+        total = seq.num_computed_tokens + num_new_tokens
+        return max(0, -(-total // self.block_size) - len(seq.block_table))
+
+    def lookup(self, seq: Sequence) -> list[int]:
+        """Cached blocks that hold `seq`'s leading full blocks (no state change).
+
+        At least one token is always left to compute: the step that computes the last prompt
+        token is the one that produces logits to sample from.
+        """
+        if not self.enable_prefix_caching or seq.block_table:
+            return []
+        bs = self.block_size
+        max_blocks = (seq.num_tokens - 1) // bs
+        hits: list[int] = []
+        for i in range(max_blocks):
+            h = seq.block_hash(i, bs)
+            if h is None:
+                break
+            b = self._hash_to_block.get(h)
+            if b is None:
+                break
+            hits.append(b)
+        return hits
+
+    # -- mutations ---------------------------------------------------------------------
+    def allocate(self, seq: Sequence, num_new_tokens: int, cached: list[int] | None = None) -> bool:
+        """Give `seq` room for `num_new_tokens` more tokens; all or nothing.
+
+        `cached` (from `lookup`, only when the sequence holds no blocks yet) are attached
+        first and count as computed tokens: prefill skips them.
+        """
+        cached = cached or []
+        bs = self.block_size
+        # Cached blocks nobody references sit in the free pool; taking them costs free blocks.
+        taken_from_free = 0
+        if cached:
+            rc = self.ref_count
+            taken_from_free = sum(1 for b in cached if rc[b] == 0)
+        total = seq.num_computed_tokens + len(cached) * bs + num_new_tokens
+        need = max(0, -(-total // bs) - len(seq.block_table) - len(cached))
+        if need + taken_from_free > self.num_free_blocks:
+            return False
+        if cached:
+            rc = self.ref_count
+            for b in cached:
+                if rc[b] == 0:
+                    del self._cached_free[b]
+                rc[b] += 1
+            seq.block_table.extend(cached)
+            n = len(cached) * bs
+            seq.num_computed_tokens += n
+            seq.num_cached_tokens += n
+            self.stats.hit_tokens += n
+        if need:
+            self._take(seq.block_table, need)
+        used = self.num_blocks - len(self._clean) - len(self._cached_free)
+        if used > self.stats.peak_used_blocks:
+            self.stats.peak_used_blocks = used
+        return True
+
+    def note_query(self, seq: Sequence) -> None:
+        """Count a prompt's tokens as looked up, once per admission (for the hit rate)."""
+        if self.enable_prefix_caching:
+            self.stats.queried_tokens += seq.num_tokens
+
+    def _take(self, table: list[int], n: int) -> None:
+        clean = self._clean
+        k = min(n, len(clean))
+        if k:
+            new = clean[-k:]
+            del clean[-k:]
+            rc = self.ref_count
+            for b in new:
+                rc[b] = 1
+            table.extend(new)
+        for _ in range(n - k):
+            b, _ = self._cached_free.popitem(last=False)
+            h = self.block_hash[b]
+            if h is not None:
+                if self._hash_to_block.get(h) == b:
+                    del self._hash_to_block[h]
+                self.block_hash[b] = None
+                self.stats.evictions += 1
+            self.ref_count[b] = 1
+            table.append(b)
+
+    def cache_blocks(self, seq: Sequence) -> None:
+        """Publish `seq`'s newly full, computed blocks in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        n_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        bh = self.block_hash
+        table = seq.block_table
+        for i in range(n_full - 1, -1, -1):  # walk back to the last block already published
+            if bh[table[i]] is not None:
+                break
+        else:
+            i = -1
+        for j in range(i + 1, n_full):
+            h = seq.block_hash(j, bs)
+            if h is None:
+                return
+            b = table[j]
+            if h not in self._hash_to_block:
+                self._hash_to_block[h] = b
+            bh[b] = h
+
+    def free(self, seq: Sequence) -> None:
+        """Drop `seq`'s references; blocks left unreferenced become free (cached ones evictable).
+
+        Tail blocks are freed first so they are evicted before the shared prefix, as vLLM does.
+        """
+        rc = self.ref_count
+        bh = self.block_hash
+        clean = self._clean
+        cached_free = self._cached_free
+        for b in reversed(seq.block_table):
+            c = rc[b] - 1
+            rc[b] = c
+            if c == 0:
+                if bh[b] is None:
+                    clean.append(b)
+                else:
+                    cached_free[b] = None
+            elif c < 0:
+                raise AssertionError(f"block {b} freed more often than allocated (sequence {seq.id})")
+        seq.block_table = []
+
+    def check_invariants(self) -> None:
+        """Every block is exactly one of: referenced, clean-free, cached-free (for tests)."""
+        free = set(self._clean)
+        cached = set(self._cached_free)
+        assert len(free) == len(self._clean), "duplicate block in clean free list"
+        assert not free & cached, "block both clean and cached-free"
+        for b in range(self.num_blocks):
+            rc = self.ref_count[b]
+            assert rc >= 0, f"block {b} has negative ref count"
+            assert (rc == 0) == (b in free or b in cached), f"block {b}: ref {rc} vs free lists"
+            if b in free:
+                assert self.block_hash[b] is None, f"clean block {b} has a hash"
+        for h, b in self._hash_to_block.items():
+            assert self.block_hash[b] == h, f"hash map points at block {b} with another hash"

@@ -1,0 +1,115 @@
+"""Per-request serving state shared by the scheduler, the KV manager, the simulator and the engine.
+
+Token accounting follows vLLM V1: `num_tokens` is prompt plus generated tokens and
+`num_computed_tokens` is how many of them have KV in cache. The scheduler may compute up to
+`num_tokens - num_computed_tokens` tokens of a sequence in one step; a step that brings the
+computed count up to `num_tokens` samples one new token (the first ends the prefill, later
+ones are decodes). Preemption by recompute resets the computed count to zero.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from traces.schema import Request
+
+
+class Status(IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    FINISHED = 2
+    REJECTED = 3
+
+
+class Sequence:
+    __slots__ = (
+        "request",
+        "status",
+        "num_computed_tokens",
+        "num_output_tokens",
+        "block_table",
+        "num_cached_tokens",
+        "num_preemptions",
+        "token_ids",
+        "_hashes",
+        "first_scheduled",
+        "first_token",
+        "last_token",
+        "finish",
+        "reject_reason",
+        "replica",
+        "in_flight",
+    )
+
+    def __init__(self, request: Request, token_ids: list[int] | None = None) -> None:
+        self.request = request
+        self.status = Status.WAITING
+        self.num_computed_tokens = 0
+        self.num_output_tokens = 0
+        self.block_table: list[int] = []
+        self.num_cached_tokens = 0  # prefix-cache hit tokens, summed over admissions
+        self.num_preemptions = 0
+        # Real token ids (engine); None in trace replay, where only lengths matter.
+        self.token_ids: list[int] | None = token_ids
+        self._hashes: list[int] = []  # chained hashes of full blocks, filled lazily
+        self.first_scheduled = -1.0
+        self.first_token = -1.0
+        self.last_token = -1.0
+        self.finish = -1.0
+        self.reject_reason = ""
+        self.replica = -1
+        self.in_flight = False  # inside a pipeline micro-batch that has not completed yet
+
+    @property
+    def id(self) -> int:
+        return self.request.id
+
+    @property
+    def num_tokens(self) -> int:
+        return self.request.prompt_len + self.num_output_tokens
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.request.prompt_len + self.num_output_tokens - self.num_computed_tokens
+
+    @property
+    def is_decode(self) -> bool:
+        """True when the only uncomputed token is the last sampled one."""
+        return self.num_output_tokens > 0 and self.num_uncomputed == 1
+
+    @property
+    def remaining_output(self) -> int:
+        return self.request.output_len - self.num_output_tokens
+
+    def block_hash(self, i: int, block_size: int) -> int | None:
+        """Chained hash of full block i, or None when that block's content has no identity.
+
+        With real token ids the hash chains (previous hash, block tokens), as vLLM's prefix
+        cache does; with trace prefix hashes (Mooncake, one id per `hash_block_tokens`),
+        KV block i inherits the id of the trace block that covers it plus its offset in it.
+        Only blocks that are full and inside the known content get a hash.
+        """
+        end = (i + 1) * block_size
+        if self.token_ids is not None:
+            if end > len(self.token_ids):
+                return None
+            h = self._hashes
+            while len(h) <= i:
+                j = len(h)
+                prev = h[j - 1] if j else 0
+                h.append(hash((prev, tuple(self.token_ids[j * block_size : (j + 1) * block_size]))))
+            return h[i]
+        req = self.request
+        if not req.prefix_hashes or end > req.prompt_len:
+            return None
+        tb = req.hash_block_tokens
+        k = (end - 1) // tb
+        if k >= len(req.prefix_hashes):
+            return None
+        return hash((req.prefix_hashes[k], i * block_size - k * tb, block_size))
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence(id={self.id}, status={self.status.name}, computed={self.num_computed_tokens}, "
+            f"tokens={self.num_tokens}, blocks={len(self.block_table)})"
+        )

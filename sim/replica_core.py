@@ -1,0 +1,265 @@
+"""The replica step, shared by the simulator and the real engine.
+
+One replica = one scheduler + one KV block manager + the queues they act on. Each iteration
+is `schedule()` (the policy decides), then something executes the batch (a cost model in the
+simulator, the model runner in the engine), then `complete()` advances the bookkeeping:
+computed tokens, sampled tokens, first-token and finish times, ITLs, freed KV.
+
+`decode_run_limit()` / `complete_decode_run()` are the bulk form of `complete()` for k
+identical pure-decode iterations in a row; the simulator uses them to jump over stretches in
+which nothing arrives or finishes, and `tests/test_sim_jump.py` checks that the timeline is
+the same as stepping one iteration at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from backends.cost_model import BatchShape
+from policies.kv.block_manager import BlockManager
+from policies.scheduling.base import Scheduler
+from policies.scheduling.batch import ScheduledBatch
+from policies.sequence import Sequence, Status
+from sim.results import RunRecorder
+
+
+class ReplicaCore:
+    def __init__(
+        self,
+        replica_id: int,
+        scheduler: Scheduler,
+        kv: BlockManager,
+        recorder: RunRecorder,
+        max_model_len: int | None = None,
+        stop_token_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.id = replica_id
+        self.scheduler = scheduler
+        self.kv = kv
+        self.recorder = recorder
+        self.max_model_len = max_model_len
+        self.stop_token_ids = stop_token_ids
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_outstanding = 0
+        self._work_target = 0  # sum over unfinished of (prompt + output - 1)
+        self._work_done = 0  # sum over unfinished of num_computed_tokens
+        self.on_arrival: Callable[[], None] | None = None  # the simulator's wake-up hook
+        # A decode run in progress (simulator): iteration end times and sequences decoding,
+        # so that load seen mid-run counts the iterations already done.
+        self._run_ends: np.ndarray | None = None
+        self._run_seqs = 0
+        self.num_iterations = 0
+
+    # -- load, as routers see it ------------------------------------------------------
+    def outstanding_work(self, now: float) -> int:
+        work = self._work_target - self._work_done
+        if self._run_ends is not None:
+            work -= self._run_seqs * int(np.searchsorted(self._run_ends, now, side="left"))
+        return work
+
+    def begin_decode_run(self, batch: ScheduledBatch, ends: np.ndarray) -> None:
+        self._run_ends = ends
+        self._run_seqs = len(batch.seqs)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- arrivals ---------------------------------------------------------------------
+    def add(self, seq: Sequence, now: float) -> bool:
+        """Queue a new request, or reject it now when it could never be served here."""
+        seq.replica = self.id
+        req = seq.request
+        total = req.prompt_len + req.output_len
+        reason = ""
+        if self.max_model_len is not None and total > self.max_model_len:
+            reason = f"prompt+output {total} > max_model_len {self.max_model_len}"
+        elif -(-total // self.kv.block_size) > self.kv.num_blocks:
+            reason = f"needs {-(-total // self.kv.block_size)} KV blocks > {self.kv.num_blocks} in the pool"
+        if reason:
+            seq.status = Status.REJECTED
+            seq.reject_reason = reason
+            self.recorder.reject(seq, reason)
+            return False
+        self.scheduler.enqueue(self.waiting, seq)
+        self.num_outstanding += 1
+        self._work_target += total - 1
+        if self.on_arrival is not None:
+            self.on_arrival()
+        return True
+
+    # -- one iteration -----------------------------------------------------------------
+    def schedule(self, now: float) -> ScheduledBatch:
+        batch = self.scheduler.schedule(self.waiting, self.running, self.kv, now)
+        self._work_done += batch.cached_tokens - batch.lost_tokens
+        return batch
+
+    @staticmethod
+    def shape(batch: ScheduledBatch) -> BatchShape:
+        prefill: list[tuple[int, int]] = []
+        nd = 0
+        ctx = 0
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            c = seq.num_computed_tokens
+            if n == 1 and seq.num_output_tokens > 0 and c + 1 == seq.num_tokens:
+                nd += 1
+                ctx += c + 1
+            else:
+                prefill.append((n, c))
+        return BatchShape(prefill, nd, ctx)
+
+    def complete(
+        self, batch: ScheduledBatch, start: float, end: float, tokens: list[int] | None = None
+    ) -> list[Sequence]:
+        """Apply an executed iteration. `tokens` (engine) holds one sampled id per sequence
+        that reached its last token, in batch order; the simulator passes None."""
+        kv = self.kv
+        itl = self.recorder.itl
+        finished: list[Sequence] = []
+        n_prefill = prefill_tokens = decode_tokens = 0
+        t = 0
+        caching = kv.enable_prefix_caching
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            decode = n == 1 and seq.num_output_tokens > 0 and seq.num_computed_tokens + 1 == seq.num_tokens
+            if decode:
+                decode_tokens += 1
+            else:
+                n_prefill += 1
+                prefill_tokens += n
+            seq.num_computed_tokens += n
+            self._work_done += n
+            if caching:
+                kv.cache_blocks(seq)
+            if seq.num_computed_tokens < seq.num_tokens:
+                continue  # a prefill chunk that has not reached the end of the prompt yet
+            seq.num_output_tokens += 1
+            stop = False
+            if tokens is not None:
+                tok = tokens[t]
+                t += 1
+                if seq.token_ids is not None:
+                    seq.token_ids.append(tok)
+                stop = tok in self.stop_token_ids
+            if seq.first_token < 0:
+                seq.first_token = end
+            else:
+                itl.add(end - seq.last_token)
+            seq.last_token = end
+            if stop or seq.num_output_tokens >= seq.request.output_len:
+                finished.append(seq)
+        if tokens is not None and t != len(tokens):
+            raise ValueError(f"replica {self.id}: executor returned {len(tokens)} tokens, expected {t}")
+        for seq in finished:
+            self._finish(seq, end)
+        self.num_iterations += 1
+        self.recorder.iteration(
+            (
+                self.id, start, end, 1, end - start, end - start, len(batch.seqs), n_prefill,
+                prefill_tokens, decode_tokens, kv.num_used_blocks, kv.num_blocks, len(batch.preempted),
+            )
+        )
+        return finished
+
+    def _finish(self, seq: Sequence, now: float) -> None:
+        seq.status = Status.FINISHED
+        seq.finish = now
+        self.kv.free(seq)
+        self.running.remove(seq)
+        self.num_outstanding -= 1
+        total = seq.request.prompt_len + seq.request.output_len - 1
+        self._work_target -= total
+        self._work_done -= seq.num_computed_tokens
+        self.recorder.finish(seq)
+
+    # -- bulk decode (simulator fast path) ------------------------------------------
+    def is_steady_decode(self, batch: ScheduledBatch) -> bool:
+        """True when the next iterations will repeat this batch until something finishes,
+        arrives or runs out of KV: every running sequence decodes and nobody waits."""
+        return (
+            not self.waiting
+            and not batch.preempted
+            and len(batch.seqs) == len(self.running)
+            and all(n == 1 for n in batch.num_new_tokens)
+            and all(s.num_output_tokens > 0 and s.num_computed_tokens + 1 == s.num_tokens for s in batch.seqs)
+        )
+
+    def decode_run_limit(self, batch: ScheduledBatch) -> int:
+        """How many identical decode iterations may run back to back, this one included:
+        up to the first finish, and no further than the free KV blocks last."""
+        seqs = batch.seqs
+        k = min(s.request.output_len - s.num_output_tokens for s in seqs)
+        if k <= 1:
+            return 1
+        # This iteration's blocks are allocated already; iteration j (0-based) needs room
+        # for c + j + 1 tokens, where c is the computed count before this iteration.
+        bs = self.kv.block_size
+        free = self.kv.num_free_blocks
+        cs = [(s.num_computed_tokens, len(s.block_table) * bs) for s in seqs]
+
+        def blocks_needed(j: int) -> int:
+            need = 0
+            for c, cap in cs:
+                over = c + j + 1 - cap
+                if over > 0:
+                    need += -(-over // bs)
+            return need
+
+        if blocks_needed(k - 1) <= free:
+            return k
+        lo, hi = 0, k - 1  # blocks_needed(lo) <= free < blocks_needed(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if blocks_needed(mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo + 1
+
+    def complete_decode_run(self, batch: ScheduledBatch, k: int, start: float, durations: np.ndarray) -> None:
+        """Apply k identical decode iterations whose durations are `durations` (length k)."""
+        self._run_ends = None
+        seqs = batch.seqs
+        kv = self.kv
+        ends0 = start + float(durations[0])
+        end = start + float(durations.sum())
+        itl = self.recorder.itl
+        B = len(seqs)
+        gaps = 0
+        for s in seqs:
+            if s.last_token != start:
+                itl.add(ends0 - s.last_token)
+                gaps += 1
+        if B - gaps:
+            itl.add(float(durations[0]), B - gaps)
+        if k > 1:
+            itl.add_many(durations[1:], B)
+        finished = []
+        for s in seqs:
+            if k > 1 and not kv.allocate(s, k):  # room for c + k tokens (iteration 1 had c + 1)
+                raise AssertionError("decode run exceeded the KV limit it was planned with")
+            s.num_computed_tokens += k
+            s.num_output_tokens += k
+            s.last_token = end
+            if s.num_output_tokens >= s.request.output_len:
+                finished.append(s)
+        self._work_done += k * B
+        if kv.enable_prefix_caching:
+            for s in seqs:
+                kv.cache_blocks(s)
+        for s in finished:
+            self._finish(s, end)
+        self.num_iterations += k
+        self.recorder.iteration(
+            (
+                self.id, start, end, k, float(durations[0]), float(durations[-1]), B, 0, 0, B,
+                kv.num_used_blocks, kv.num_blocks, 0,
+            )
+        )
+
+    def drain_unfinished(self) -> None:
+        for s in list(self.running) + list(self.waiting):
+            self.recorder.unfinished(s)
