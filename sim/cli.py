@@ -1,0 +1,182 @@
+"""`sagellm`: the workbench's command line (simulate, trace, report; replay on the engine)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sim.config import SimConfig
+
+
+def _load_trace(args: argparse.Namespace):
+    from traces import transforms
+    from traces.loaders import default_trace_path, load_trace
+
+    path = args.trace or default_trace_path()
+    trace = load_trace(path, format=args.format, skip_bad_rows=args.skip_bad_rows)
+    skipped = trace.meta.get("skipped_rows")
+    if skipped:
+        print(f"{path}: skipped {skipped['count'] if isinstance(skipped, dict) else skipped} bad row(s)",
+              file=sys.stderr)
+    if args.window:
+        try:
+            a, b = (float(x) for x in args.window.split(":"))
+        except ValueError:
+            raise SystemExit(f"--window: expected START:END in seconds, got {args.window!r}") from None
+        trace = transforms.time_window(trace, a, b)
+    if args.max_requests:
+        trace = transforms.head(trace, args.max_requests)
+    if args.cap_total or args.cap_prompt or args.cap_output:
+        trace = transforms.cap_lengths(
+            trace, max_prompt=args.cap_prompt, max_output=args.cap_output, max_total=args.cap_total
+        )
+    if args.rate:
+        trace = transforms.scale_to_rate(trace, args.rate)
+    if len(trace) == 0:
+        raise SystemExit(f"{path}: no requests left after slicing")
+    return trace
+
+
+def _add_trace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", help="trace file (default: the bundled Azure 2023 conversation slice)")
+    p.add_argument("--format", default="auto", help="azure|mooncake|burstgpt|csv|jsonl|auto")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows and report how many")
+    p.add_argument("--window", help="keep arrivals in START:END seconds")
+    p.add_argument("--max-requests", type=int, help="keep the first N requests")
+    p.add_argument("--rate", type=float, help="time-scale arrivals to this mean rate (req/s)")
+    p.add_argument("--cap-prompt", type=int)
+    p.add_argument("--cap-output", type=int)
+    p.add_argument("--cap-total", type=int, help="cap prompt+output tokens per request")
+
+
+def _slo(args: argparse.Namespace):
+    from benchmarks.metrics import SLO
+
+    ms = [args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms]
+    if all(v is None for v in ms):
+        return None
+    return SLO(*(None if v is None else v / 1000.0 for v in ms))
+
+
+def _add_slo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slo-ttft-ms", type=float, help="goodput SLO on TTFT (ms)")
+    p.add_argument("--slo-tpot-ms", type=float, help="goodput SLO on TPOT (ms)")
+    p.add_argument("--slo-e2e-ms", type=float, help="goodput SLO on E2E latency (ms)")
+
+
+_CONFIG_FLAGS = {
+    "model": str, "accelerator": str, "cost_model": str, "dtype": str, "tp": int, "pp": int,
+    "num_replicas": int, "router": str, "scheduler": str, "max_num_batched_tokens": int,
+    "max_num_seqs": int, "block_size": int, "num_kv_blocks": int, "gpu_memory_utilization": float,
+    "max_model_len": int, "seed": int, "horizon": float,
+}
+
+
+def _config(args: argparse.Namespace) -> SimConfig:
+    cfg = SimConfig.load(args.config) if args.config else SimConfig()
+    d = cfg.to_dict()
+    for k in _CONFIG_FLAGS:
+        v = getattr(args, k)
+        if v is not None:
+            d[k] = v
+    if args.no_prefix_caching:
+        d["enable_prefix_caching"] = False
+    if args.no_chunked_prefill:
+        d["enable_chunked_prefill"] = False
+    if args.no_jump:
+        d["jump"] = False
+    if args.no_iterations:
+        d["record_iterations"] = False
+    return SimConfig.from_dict(d, "command line")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from benchmarks.metrics import compute_metrics, format_metrics
+    from sim.simulator import simulate
+
+    cfg = _config(args)
+    trace = _load_trace(args)
+    result = simulate(trace, cfg)
+    result.meta["name"] = args.name or Path(args.out).name
+    result.metrics = compute_metrics(result, _slo(args))
+    out = result.write(args.out)
+    print(format_metrics(result.metrics))
+    print(f"simulated {len(trace)} requests in {result.meta['wall_seconds']:.2f} s wall "
+          f"({len(trace) / max(result.meta['wall_seconds'], 1e-9):,.0f} req/s); results in {out}/")
+    if args.report:
+        from benchmarks.report import write_report
+
+        html = write_report([result], args.report, png_dir=args.png)
+        print(f"report: {html}")
+    return 0
+
+
+def cmd_trace_stats(args: argparse.Namespace) -> int:
+    from traces.loaders import load_trace
+    from traces.stats import format_stats, plot_stats, trace_stats
+
+    trace = load_trace(args.file, format=args.format, skip_bad_rows=args.skip_bad_rows)
+    print(format_stats(trace_stats(trace)))
+    if args.plot:
+        print(f"plot: {plot_stats(trace, args.plot)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks.report import main_report
+
+    print(f"report: {main_report(args.runs, args.out, args.png, _slo(args))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sagellm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="replay a trace in the simulator")
+    _add_trace_args(s)
+    s.add_argument("--config", help="JSON file of SimConfig fields (flags override it)")
+    for k, t in _CONFIG_FLAGS.items():
+        s.add_argument("--" + k.replace("_", "-"), type=t, default=None)
+    s.add_argument("--no-prefix-caching", action="store_true")
+    s.add_argument("--no-chunked-prefill", action="store_true")
+    s.add_argument("--no-jump", action="store_true", help="step every iteration (same timeline, slower)")
+    s.add_argument("--no-iterations", action="store_true", help="do not record per-iteration rows")
+    s.add_argument("--out", default="runs/sim", help="run directory to write")
+    s.add_argument("--name", help="run name in reports (default: the --out folder name)")
+    s.add_argument("--report", help="also write an HTML report here")
+    s.add_argument("--png", help="with --report: also export PNGs into this folder")
+    _add_slo_args(s)
+    s.set_defaults(func=cmd_simulate)
+
+    t = sub.add_parser("trace", help="trace tools")
+    tsub = t.add_subparsers(dest="trace_command", required=True)
+    ts = tsub.add_parser("stats", help="arrival rate, length percentiles, prefix sharing")
+    ts.add_argument("file")
+    ts.add_argument("--format", default="auto")
+    ts.add_argument("--skip-bad-rows", action="store_true")
+    ts.add_argument("--plot", help="write an HTML plot of the trace here")
+    ts.set_defaults(func=cmd_trace_stats)
+
+    r = sub.add_parser("report", help="HTML report comparing one or more run directories")
+    r.add_argument("runs", nargs="+")
+    r.add_argument("-o", "--out", default="report.html")
+    r.add_argument("--png", help="also export PNGs into this folder")
+    _add_slo_args(r)
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"sagellm: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
