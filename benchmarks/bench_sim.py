@@ -46,10 +46,12 @@ def run_case(case: str, n: int) -> dict:
 
     if case == "vidur":
         src = cap_lengths(_azure_lengths(), max_total=4096)
-        trace = synthetic_trace(n, 4.0, EmpiricalPairs.from_trace(src), seed=0, name=f"azure-conv-poisson4-{n}")
+        pairs = EmpiricalPairs.from_trace(src)
+        trace = synthetic_trace(n, 4.0, pairs, seed=0, name=f"azure-conv-poisson4-{n}")
         cfg = SimConfig(
-            model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=4, router="least-work",
-            max_num_batched_tokens=512, max_num_seqs=128, enable_prefix_caching=False, record_iterations=False,
+            model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=4,
+            router="least-work", max_num_batched_tokens=512, max_num_seqs=128,
+            enable_prefix_caching=False, record_iterations=False,
         )
     elif case == "mooncake":
         p = SHARED / "mooncake_conversation.jsonl"
@@ -93,13 +95,14 @@ def main() -> int:
     if args.inline:
         print(json.dumps(run_case(args.case, args.n or 0)))
         return 0
-    plan = [(args.case, args.n)] if args.case else [("vidur", 10_000), ("vidur", 100_000), ("vidur", 1_000_000),
-                                                     ("mooncake", None)]
+    everything = [("vidur", 10_000), ("vidur", 100_000), ("vidur", 1_000_000), ("mooncake", None)]
+    plan = [(args.case, args.n)] if args.case else everything
     rows = []
     for case, n in plan:
         if case == "vidur" and not n:
             n = 10_000
-        cmd = [sys.executable, "-m", "benchmarks.bench_sim", "--inline", "--case", case] + (["--n", str(n)] if n else [])
+        cmd = [sys.executable, "-m", "benchmarks.bench_sim", "--inline", "--case", case]
+        cmd += ["--n", str(n)] if n else []
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)

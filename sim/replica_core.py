@@ -48,22 +48,23 @@ class ReplicaCore:
         self._work_target = 0  # sum over unfinished of (prompt + output - 1)
         self._work_done = 0  # sum over unfinished of num_computed_tokens
         self.on_arrival: Callable[[], None] | None = None  # the simulator's wake-up hook
-        # A decode run in progress (simulator): iteration end times and sequences decoding,
-        # so that load seen mid-run counts the iterations already done.
-        self._run_ends: np.ndarray | None = None
-        self._run_seqs = 0
+        # Decode runs in progress (simulator): (iteration end times, sequences decoding), so
+        # that load seen mid-run counts the iterations already done.
+        self._runs: list[tuple[np.ndarray, int]] = []
         self.num_iterations = 0
 
     # -- load, as routers see it ------------------------------------------------------
     def outstanding_work(self, now: float) -> int:
         work = self._work_target - self._work_done
-        if self._run_ends is not None:
-            work -= self._run_seqs * int(np.searchsorted(self._run_ends, now, side="left"))
+        for ends, n in self._runs:
+            work -= n * int(np.searchsorted(ends, now, side="left"))
         return work
 
     def begin_decode_run(self, batch: ScheduledBatch, ends: np.ndarray) -> None:
-        self._run_ends = ends
-        self._run_seqs = len(batch.seqs)
+        self._runs.append((ends, len(batch.seqs)))
+
+    def end_decode_runs(self) -> None:
+        self._runs.clear()
 
     @property
     def has_work(self) -> bool:
@@ -124,17 +125,17 @@ class ReplicaCore:
         t = 0
         caching = kv.enable_prefix_caching
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            decode = n == 1 and seq.num_output_tokens > 0 and seq.num_computed_tokens + 1 == seq.num_tokens
-            if decode:
+            num_tokens = seq.request.prompt_len + seq.num_output_tokens
+            computed = seq.num_computed_tokens + n
+            if n == 1 and seq.num_output_tokens > 0 and computed == num_tokens:
                 decode_tokens += 1
             else:
                 n_prefill += 1
                 prefill_tokens += n
-            seq.num_computed_tokens += n
-            self._work_done += n
+            seq.num_computed_tokens = computed
             if caching:
                 kv.cache_blocks(seq)
-            if seq.num_computed_tokens < seq.num_tokens:
+            if computed < num_tokens:
                 continue  # a prefill chunk that has not reached the end of the prompt yet
             seq.num_output_tokens += 1
             stop = False
@@ -151,6 +152,7 @@ class ReplicaCore:
             seq.last_token = end
             if stop or seq.num_output_tokens >= seq.request.output_len:
                 finished.append(seq)
+        self._work_done += prefill_tokens + decode_tokens
         if tokens is not None and t != len(tokens):
             raise ValueError(f"replica {self.id}: executor returned {len(tokens)} tokens, expected {t}")
         for seq in finished:
@@ -190,53 +192,52 @@ class ReplicaCore:
     def decode_run_limit(self, batch: ScheduledBatch) -> int:
         """How many identical decode iterations may run back to back, this one included:
         up to the first finish, and no further than the free KV blocks last."""
-        seqs = batch.seqs
-        k = min(s.request.output_len - s.num_output_tokens for s in seqs)
-        if k <= 1:
-            return 1
-        # This iteration's blocks are allocated already; iteration j (0-based) needs room
-        # for c + j + 1 tokens, where c is the computed count before this iteration.
+        k = min(s.request.output_len - s.num_output_tokens for s in batch.seqs)
+        return self.kv_run_limit(batch.seqs, k) if k > 1 else 1
+
+    def kv_run_limit(self, seqs: list[Sequence], k_max: int) -> int:
+        """Largest k <= k_max such that every sequence in `seqs` can hold c + k tokens, where
+        c is its computed count before its current (already allocated) iteration."""
         bs = self.kv.block_size
         free = self.kv.num_free_blocks
         cs = [(s.num_computed_tokens, len(s.block_table) * bs) for s in seqs]
 
-        def blocks_needed(j: int) -> int:
+        def blocks_needed(k: int) -> int:
             need = 0
             for c, cap in cs:
-                over = c + j + 1 - cap
+                over = c + k - cap
                 if over > 0:
                     need += -(-over // bs)
             return need
 
-        if blocks_needed(k - 1) <= free:
-            return k
-        lo, hi = 0, k - 1  # blocks_needed(lo) <= free < blocks_needed(hi)
+        if blocks_needed(k_max) <= free:
+            return k_max
+        lo, hi = 1, k_max  # blocks_needed(lo) <= free < blocks_needed(hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if blocks_needed(mid) <= free:
                 lo = mid
             else:
                 hi = mid
-        return lo + 1
+        return lo
 
-    def complete_decode_run(self, batch: ScheduledBatch, k: int, start: float, durations: np.ndarray) -> None:
-        """Apply k identical decode iterations whose durations are `durations` (length k)."""
-        self._run_ends = None
+    def complete_decode_run(self, batch: ScheduledBatch, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Apply k = len(ends) decode iterations of the same batch, iteration i running from
+        starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages)."""
         seqs = batch.seqs
         kv = self.kv
-        ends0 = start + float(durations[0])
-        end = start + float(durations.sum())
+        k = len(ends)
+        end = float(ends[-1])
         itl = self.recorder.itl
         B = len(seqs)
-        gaps = 0
+        first = float(ends[0])
+        gaps: dict[float, int] = {}
         for s in seqs:
-            if s.last_token != start:
-                itl.add(ends0 - s.last_token)
-                gaps += 1
-        if B - gaps:
-            itl.add(float(durations[0]), B - gaps)
+            gaps[s.last_token] = gaps.get(s.last_token, 0) + 1
+        for last, n in gaps.items():
+            itl.add(first - last, n)
         if k > 1:
-            itl.add_many(durations[1:], B)
+            itl.add_many(np.diff(ends), B)
         finished = []
         for s in seqs:
             if k > 1 and not kv.allocate(s, k):  # room for c + k tokens (iteration 1 had c + 1)
@@ -255,8 +256,8 @@ class ReplicaCore:
         self.num_iterations += k
         self.recorder.iteration(
             (
-                self.id, start, end, k, float(durations[0]), float(durations[-1]), B, 0, 0, B,
-                kv.num_used_blocks, kv.num_blocks, 0,
+                self.id, float(starts[0]), end, k, first - float(starts[0]), end - float(starts[-1]),
+                B, 0, 0, B, kv.num_used_blocks, kv.num_blocks, 0,
             )
         )
 

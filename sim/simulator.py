@@ -14,6 +14,7 @@ a flow-shop recurrence over per-stage free times (the model Vidur and Sarathi-Se
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 import simpy
@@ -22,6 +23,7 @@ from backends.cost_model import COST_MODELS, CostModel, ParallelLayout
 from policies.kv.block_manager import BlockManager
 from policies.routing.base import ROUTERS, Router
 from policies.scheduling.base import SCHEDULERS, SchedulerConfig
+from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import Sequence
 from sim.config import SimConfig
 from sim.replica_core import ReplicaCore
@@ -46,8 +48,8 @@ def build_cost_model(cfg: SimConfig) -> CostModel:
 def kv_blocks_for(cfg: SimConfig) -> int:
     if cfg.num_kv_blocks is not None:
         return cfg.num_kv_blocks
-    from backends.analytic import max_kv_blocks
     from backends.accelerators import get_accelerator
+    from backends.analytic import max_kv_blocks
     from backends.models import get_model
 
     return max_kv_blocks(
@@ -146,6 +148,7 @@ class Simulation:
         ctx0 = sum(s.num_computed_tokens + 1 for s in batch.seqs)
         durations = a + b * (ctx0 + B * np.arange(k, dtype=np.float64))
         ends = start + np.cumsum(durations)
+        starts = np.concatenate(([start], ends[:-1]))
         core.begin_decode_run(batch, ends)
         arrived = self._wait_for_arrival(core)
         yield env.timeout(float(ends[-1]) - start) | arrived
@@ -156,48 +159,163 @@ class Simulation:
             k = j + 1
             if ends[j] > env.now:
                 yield env.timeout(float(ends[j]) - env.now)
-        core.complete_decode_run(batch, k, start, durations[:k])
+        core.end_decode_runs()
+        core.complete_decode_run(batch, starts[:k], ends[:k])
 
     def _pipelined_replica(self, core: ReplicaCore):
         env = self.env
         cost = self.cost
         pp = self.cfg.pp
         stage_free = [0.0] * pp
-        in_flight = 0
-        done = None
+        inflight: list[_MicroBatch] = []  # in order of entry into stage 0 (= completion order)
+        done: list[simpy.Event | None] = [None]
 
-        def finish(ev, batch=None, start=0.0):
-            nonlocal in_flight
-            for s in batch.seqs:
+        def finish(mb: _MicroBatch) -> None:
+            if mb.cancelled:
+                return
+            inflight.remove(mb)
+            for s in mb.batch.seqs:
                 s.in_flight = False
-            core.complete(batch, start, env.now)
-            in_flight -= 1
-            if done is not None and not done.triggered:
-                done.succeed()
+            core.complete(mb.batch, mb.start, mb.end)
+            ev = done[0]
+            if ev is not None and not ev.triggered:
+                ev.succeed()
+
+        def track(batch: ScheduledBatch, start: float, end: float) -> _MicroBatch:
+            mb = _MicroBatch(batch, start, end)
+            for s in batch.seqs:
+                s.in_flight = True
+            inflight.append(mb)
+            env.timeout(end - env.now).callbacks.append(lambda _e, mb=mb: finish(mb))
+            return mb
 
         while True:
             now = env.now
-            batch = core.schedule(now) if (core.has_work and in_flight < pp) else None
+            batch = core.schedule(now) if (core.has_work and len(inflight) < pp) else None
             if batch is None or batch.is_empty:
                 # Wait for an arrival or a micro-batch to complete, whichever comes first.
-                done = env.event()
+                done[0] = env.event()
                 arrived = self._wait_for_arrival(core)
-                yield done | arrived
+                yield done[0] | arrived
                 core.on_arrival = None
-                done = None
+                done[0] = None
                 continue
-            for s in batch.seqs:
-                s.in_flight = True
+            if self.cfg.jump and _steady_pipeline(core, batch, inflight):
+                yield from self._pipelined_decode_run(core, batch, inflight, stage_free, track)
+                if stage_free[0] > env.now:
+                    yield env.timeout(stage_free[0] - env.now)
+                continue
             st = cost.stage_time(core.shape(batch))
             t = now
             for i in range(pp):
                 t = max(t, stage_free[i]) + st
                 stage_free[i] = t
-            in_flight += 1
-            ev = env.timeout(t - now)
-            ev.callbacks.append(lambda e, b=batch, s0=now: finish(e, b, s0))
+            track(batch, now, t)
             # Stage 0 takes the next micro-batch once it is free.
             yield env.timeout(stage_free[0] - now)
+
+    def _pipelined_decode_run(self, core, batch, inflight, stage_free, track):
+        """The pipelined form of `_decode_run`: every running sequence decodes, in micro-batches
+        that keep their membership, so the flow-shop recurrence is computed ahead in plain
+        arithmetic (no events) until the first finish, the KV limit, a point where stepping
+        would merge two micro-batches, or an arrival, whichever comes first. The state at that
+        moment (completed iterations, micro-batches in flight, stage free times) is then
+        rebuilt exactly as stepping would have left it."""
+        env = self.env
+        pp = self.cfg.pp
+        now = env.now
+        groups = [(mb.batch, mb.start, mb.end) for mb in inflight]
+        for mb in inflight:
+            mb.cancelled = True  # their completions are part of this run now
+        inflight.clear()
+        # X enters stage 0 now.
+        B = len(batch.seqs)
+        a, b = self.cost.decode_line(B)
+        ctx = sum(s.num_computed_tokens + 1 for s in batch.seqs)
+        t = now
+        st = a + b * ctx
+        for i in range(pp):
+            t = max(t, stage_free[i]) + st
+            stage_free[i] = t
+        groups.append((batch, now, t))
+        all_seqs = [s for g in groups for s in g[0].seqs]
+        remaining = [min(s.request.output_len - s.num_output_tokens for s in g[0].seqs) for g in groups]
+        k_kv = core.kv_run_limit(all_seqs, max(remaining))
+        # Per group: line coefficients, iteration entry and completion times.
+        lines = []
+        for g in groups:
+            seqs = g[0].seqs
+            n = len(seqs)
+            ga, gb = self.cost.decode_line(n)
+            lines.append((ga, gb, sum(s.num_computed_tokens + 1 for s in seqs), n))
+        E = [[g[1]] for g in groups]
+        C = [[g[2]] for g in groups]
+        free0 = list(stage_free)  # stage free times after X entered
+        entries: list[tuple[float, float]] = []  # (entry time, stage time) of each later entry
+        pending = deque(range(len(groups)))
+        inclusive = False
+        cap = 200_000  # entries per run at most, to bound memory
+        while True:
+            g = pending[0]
+            i = len(C[g]) - 1  # its latest iteration, completing at C[g][i]
+            c0 = C[g][i]
+            if i + 1 >= remaining[g]:
+                stop, inclusive = c0, True  # that completion finishes a sequence
+                break
+            e = max(stage_free[0], c0)
+            if len(pending) > 1 and C[pending[1]][-1] <= e:
+                stop = e  # stepping would schedule two completed micro-batches as one
+                break
+            if i + 1 >= k_kv or len(entries) >= cap:
+                stop = e
+                break
+            ga, gb, gctx, n = lines[g]
+            t = e
+            st = ga + gb * (gctx + n * (i + 1))
+            for j in range(pp):
+                t = max(t, stage_free[j]) + st
+                stage_free[j] = t
+            E[g].append(e)
+            C[g].append(t)
+            entries.append((e, st))
+            pending.popleft()
+            pending.append(g)
+        ends = [np.asarray(c) for c in C]
+        for (gb_, _, _), c in zip(groups, ends):
+            core.begin_decode_run(gb_, c)
+        arrived = self._wait_for_arrival(core)
+        if stop > now:
+            yield env.timeout(stop - now) | arrived
+        core.on_arrival = None
+        t = env.now
+        if t < stop:
+            inclusive = False  # cut short by an arrival
+        core.end_decode_runs()
+        # Rebuild: iterations completed by t are committed; an iteration entered before t (the
+        # first one of every group always was) and not completed is in flight.
+        for g, (gbatch, _, _) in enumerate(groups):
+            for s in gbatch.seqs:
+                s.in_flight = False
+            c = ends[g]
+            k = int(np.searchsorted(c, t, side="right" if inclusive else "left"))
+            if k:
+                core.complete_decode_run(gbatch, np.asarray(E[g][:k]), c[:k])
+            if k < len(c) and (k == 0 or E[g][k] < t):
+                if k > 0:
+                    for s in gbatch.seqs:
+                        if not core.kv.allocate(s, 1):
+                            raise AssertionError("pipelined decode run exceeded its KV plan")
+                track(gbatch, E[g][k], float(c[k]))
+        # Stage free times as they were after the last entry before t: replay the recurrence.
+        stage_free[:] = free0
+        for e, st in entries:
+            if e >= t:
+                break
+            x = e
+            for j in range(pp):
+                x = max(x, stage_free[j]) + st
+                stage_free[j] = x
+        inflight.sort(key=lambda mb: mb.start)
 
     # -- running -----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -237,6 +355,32 @@ class Simulation:
                 "peak_used_blocks": max(c.kv.stats.peak_used_blocks for c in self.replicas),
             },
         }
+
+
+class _MicroBatch:
+    """A batch inside the pipeline: entered stage 0 at `start`, leaves the last at `end`."""
+
+    __slots__ = ("batch", "start", "end", "cancelled")
+
+    def __init__(self, batch: ScheduledBatch, start: float, end: float) -> None:
+        self.batch = batch
+        self.start = start
+        self.end = end
+        self.cancelled = False
+
+
+def _steady_pipeline(core: ReplicaCore, batch: ScheduledBatch, inflight: list[_MicroBatch]) -> bool:
+    """Every running sequence decodes, in `batch` or in a micro-batch in flight, and nobody waits."""
+    if core.waiting or batch.preempted:
+        return False
+    n = len(batch.seqs) + sum(len(mb.batch.seqs) for mb in inflight)
+    if n != len(core.running):
+        return False
+    for bt in [batch] + [mb.batch for mb in inflight]:
+        for s, k in zip(bt.seqs, bt.num_new_tokens):
+            if k != 1 or s.num_output_tokens == 0 or s.num_computed_tokens + 1 != s.num_tokens:
+                return False
+    return True
 
 
 def simulate(trace: Trace, cfg: SimConfig, cost: CostModel | None = None) -> RunResult:

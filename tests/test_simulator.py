@@ -35,21 +35,23 @@ def test_hand_computed_timeline(linear_cost):
     assert r.meta["iterations"] == 3
 
 
-@pytest.mark.parametrize("pp", [1, 2])
-def test_jump_gives_the_same_timeline(linear_cost, pp):
+@pytest.mark.parametrize(
+    ("pp", "rate", "blocks"), [(1, 2.0, 2000), (2, 2.0, 2000), (2, 6.0, 150), (3, 3.0, 2000), (4, 1.0, 300)]
+)
+def test_jump_gives_the_same_timeline(linear_cost, pp, rate, blocks):
     linear_cost.per_ctx = 1e-6
     linear_cost.layout = ParallelLayout(1, pp)
-    tr = random_trace(400, rate=2.0, seed=pp)
-    cfg = dict(num_kv_blocks=2000, max_num_batched_tokens=256, num_replicas=2, router="least-work", pp=pp)
+    tr = random_trace(400, rate=rate, seed=pp)
+    cfg = dict(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router="least-work", pp=pp)
     a = simulate(tr, SimConfig(jump=False, **cfg), linear_cost)
     b = simulate(tr, SimConfig(jump=True, **cfg), linear_cost)
     for k in ("first_scheduled", "first_token", "finish"):
         np.testing.assert_allclose(a.requests[k], b.requests[k], rtol=0, atol=1e-9)
     assert np.array_equal(a.requests["replica"], b.requests["replica"])
     assert a.meta["iterations"] == b.meta["iterations"]
+    np.testing.assert_array_equal(a.requests["preemptions"], b.requests["preemptions"])
     assert a.itl.n == b.itl.n and a.itl.total == pytest.approx(b.itl.total, rel=1e-9)
-    if pp == 1:
-        assert len(b.iterations["start"]) < len(a.iterations["start"])  # it did jump
+    assert len(b.iterations["start"]) < len(a.iterations["start"])  # it did jump
 
 
 def test_jump_respects_kv_limit(linear_cost):

@@ -92,8 +92,18 @@ class BlockManager:
         `cached` (from `lookup`, only when the sequence holds no blocks yet) are attached
         first and count as computed tokens: prefill skips them.
         """
-        cached = cached or []
         bs = self.block_size
+        if not cached:  # the common case (decodes, prefill chunks): room already, or plain blocks
+            need = -(-(seq.num_computed_tokens + num_new_tokens) // bs) - len(seq.block_table)
+            if need <= 0:
+                return True
+            if need > len(self._clean) + len(self._cached_free):
+                return False
+            self._take(seq.block_table, need)
+            used = self.num_blocks - len(self._clean) - len(self._cached_free)
+            if used > self.stats.peak_used_blocks:
+                self.stats.peak_used_blocks = used
+            return True
         # Cached blocks nobody references sit in the free pool; taking them costs free blocks.
         taken_from_free = 0
         if cached:

@@ -53,14 +53,20 @@ class FCFSScheduler:
         seqs, counts, preempted = batch.seqs, batch.num_new_tokens, batch.preempted
         scheduled: set[int] = set()
 
+        allocate = kv.allocate
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
-            n = min(seq.num_uncomputed, budget)
-            if seq.in_flight or n <= 0:
+            if seq.in_flight:
                 i += 1
                 continue
-            while not kv.allocate(seq, n):
+            n = seq.request.prompt_len + seq.num_output_tokens - seq.num_computed_tokens
+            if n > budget:
+                n = budget
+            if n <= 0:
+                i += 1
+                continue
+            while not allocate(seq, n):
                 # Victims come from positions >= i (earlier ones are scheduled or in flight),
                 # so removing one never shifts the cursor unless it is `seq` itself.
                 victim = self._victim(running, scheduled)
