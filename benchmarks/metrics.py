@@ -97,18 +97,6 @@ def latency_stats(values_s: np.ndarray, percentiles: Sequence[float]) -> dict:
     return out
 
 
-def itl_bin_centres(idx: np.ndarray) -> np.ndarray:
-    """Centres (s) of `ItlHistogram` bins `idx` (0 = underflow), where its percentiles land."""
-    k = np.asarray(idx, dtype=np.float64) - 1
-    return ItlHistogram.LO * 10 ** ((k + 0.5) / ItlHistogram.BINS_PER_DECADE)
-
-
-def itl_bin_upper_edges(idx: np.ndarray) -> np.ndarray:
-    """Upper edges (s) of `ItlHistogram` bins `idx`: every count of bin i lies below edge i."""
-    k = np.asarray(idx, dtype=np.float64) - 1
-    return ItlHistogram.LO * 10 ** ((k + 1) / ItlHistogram.BINS_PER_DECADE)
-
-
 def itl_stats(h: ItlHistogram, percentiles: Sequence[float]) -> dict:
     """ITL statistics in ms from the pooled histogram: exact mean, binned std and percentiles."""
     out: dict = {"n": int(h.n)}
@@ -117,7 +105,7 @@ def itl_stats(h: ItlHistogram, percentiles: Sequence[float]) -> dict:
         out.update({percentile_key(q): None for q in percentiles})
         return out
     nz = np.flatnonzero(h.counts)
-    mids = itl_bin_centres(nz)
+    mids = ItlHistogram.bin_centres(nz)
     w = h.counts[nz].astype(np.float64)
     m = float(np.sum(w * mids) / h.n)
     var = max(float(np.sum(w * (mids - m) ** 2) / h.n), 0.0)

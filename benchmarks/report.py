@@ -28,10 +28,9 @@ from benchmarks.metrics import (
     check_columns,
     compute_metrics,
     format_metrics,
-    itl_bin_upper_edges,
     percentile_key,
 )
-from sim.results import RunResult
+from sim.results import ItlHistogram, RunResult
 
 MAX_POINTS = 5000  # per plotted line; the page stays small and the browser stays responsive
 MIN_POINTS_PER_REPLICA = 200
@@ -162,7 +161,7 @@ def _itl_cdf_points(run: _Run, max_points: int = MAX_POINTS) -> tuple[np.ndarray
     if h.n == 0:
         return np.zeros(0), np.zeros(0)
     nz = np.flatnonzero(h.counts)
-    x = itl_bin_upper_edges(nz) * 1000.0
+    x = ItlHistogram.bin_upper_edges(nz) * 1000.0
     y = np.cumsum(h.counts[nz]) / h.n
     if len(x) > max_points:
         idx = np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(np.int64))

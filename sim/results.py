@@ -102,9 +102,17 @@ class ItlHistogram:
     def mean(self) -> float:
         return self.total / self.n if self.n else float("nan")
 
-    def _mid(self, i: np.ndarray) -> np.ndarray:
-        k = i.astype(np.float64) - 1
-        return self.LO * 10 ** ((k + 0.5) / self.BINS_PER_DECADE)
+    @classmethod
+    def bin_centres(cls, idx: np.ndarray) -> np.ndarray:
+        """Centres (s) of bins `idx` (0 = underflow): where percentiles land."""
+        k = np.asarray(idx, dtype=np.float64) - 1
+        return cls.LO * 10 ** ((k + 0.5) / cls.BINS_PER_DECADE)
+
+    @classmethod
+    def bin_upper_edges(cls, idx: np.ndarray) -> np.ndarray:
+        """Upper edges (s) of bins `idx`: every count of bin i lies below edge i."""
+        k = np.asarray(idx, dtype=np.float64) - 1
+        return cls.LO * 10 ** ((k + 1) / cls.BINS_PER_DECADE)
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0..100), at the centre of the bin that holds it."""
@@ -113,7 +121,7 @@ class ItlHistogram:
         cum = np.cumsum(self.counts)
         rank = q / 100.0 * (self.n - 1)
         i = int(np.searchsorted(cum, rank + 1, side="left"))
-        return float(self._mid(np.array([i]))[0])
+        return float(self.bin_centres(np.array([i]))[0])
 
     def to_json(self) -> dict:
         nz = np.flatnonzero(self.counts)

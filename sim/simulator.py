@@ -341,6 +341,10 @@ class Simulation:
             "num_requests": len(self.trace),
             "config": cfg.to_dict(),
             "cost_model": getattr(self.cost, "name", type(self.cost).__name__),
+            "scheduler": f"{cfg.scheduler} (budget {cfg.max_num_batched_tokens} tok, "
+            f"max {cfg.max_num_seqs} seqs{', chunked' if cfg.enable_chunked_prefill else ''}"
+            f"{', prefix cache' if cfg.enable_prefix_caching else ''})",
+            "router": cfg.router,
             "device": cfg.accelerator,
             "model": cfg.model,
             "layout": {"tp": cfg.tp, "pp": cfg.pp, "replicas": cfg.num_replicas},

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.metrics import SLO, compute_metrics, format_metrics, itl_bin_centres
+from benchmarks.metrics import SLO, compute_metrics, format_metrics
 from sim.results import ITERATION_COLUMNS, REQUEST_COLUMNS, ItlHistogram, RunResult
 
 NAN = float("nan")
@@ -127,7 +127,7 @@ def test_itl_bin_centres_match_histogram_percentiles() -> None:
     h = ItlHistogram()
     h.add(0.0123)
     i = int(np.flatnonzero(h.counts)[0])
-    assert itl_bin_centres(np.array([i]))[0] == pytest.approx(h.percentile(50), rel=1e-12)
+    assert ItlHistogram.bin_centres(np.array([i]))[0] == pytest.approx(h.percentile(50), rel=1e-12)
 
 
 def test_kv_metrics(tiny: RunResult) -> None:
