@@ -32,6 +32,7 @@ class Sequence:
         "num_preemptions",
         "token_ids",
         "_hashes",
+        "num_published_blocks",
         "first_scheduled",
         "first_token",
         "last_token",
@@ -51,7 +52,8 @@ class Sequence:
         self.num_preemptions = 0
         # Real token ids (engine); None in trace replay, where only lengths matter.
         self.token_ids: list[int] | None = token_ids
-        self._hashes: list[int] = []  # chained hashes of full blocks, filled lazily
+        self._hashes: list[int] = []  # hashes of full blocks, filled lazily (content never changes)
+        self.num_published_blocks = 0  # leading blocks of block_table already in the prefix cache
         self.first_scheduled = -1.0
         self.first_token = -1.0
         self.last_token = -1.0
@@ -89,24 +91,38 @@ class Sequence:
         KV block i inherits the id of the trace block that covers it plus its offset in it.
         Only blocks that are full and inside the known content get a hash.
         """
+        h = self._hashes
+        if i < len(h):
+            return h[i]
         end = (i + 1) * block_size
         if self.token_ids is not None:
             if end > len(self.token_ids):
                 return None
-            h = self._hashes
+            toks = self.token_ids
             while len(h) <= i:
                 j = len(h)
                 prev = h[j - 1] if j else 0
-                h.append(hash((prev, tuple(self.token_ids[j * block_size : (j + 1) * block_size]))))
+                h.append(hash((prev, tuple(toks[j * block_size : (j + 1) * block_size]))))
             return h[i]
         req = self.request
         if not req.prefix_hashes or end > req.prompt_len:
             return None
         tb = req.hash_block_tokens
-        k = (end - 1) // tb
-        if k >= len(req.prefix_hashes):
-            return None
-        return hash((req.prefix_hashes[k], i * block_size - k * tb, block_size))
+        ids = req.prefix_hashes
+        while len(h) <= i:
+            j = len(h)
+            k = ((j + 1) * block_size - 1) // tb
+            if k >= len(ids):
+                return None
+            h.append(hash((ids[k], j * block_size - k * tb, block_size)))
+        return h[i]
+
+    def block_hashes(self, n: int, block_size: int) -> list[int]:
+        """Hashes of the first n full blocks, fewer if content runs out (memoized)."""
+        h = self._hashes
+        if len(h) < n and (not h or self.block_hash(len(h), block_size) is not None):
+            self.block_hash(n - 1, block_size)
+        return h[:n]
 
     def __repr__(self) -> str:
         return (

@@ -310,13 +310,15 @@ def _fmt(col: np.ndarray) -> list[str]:
     return [str(x) for x in col.tolist()]
 
 
-def _write_csv(path: Path, cols: dict[str, np.ndarray], schema: dict[str, str]) -> None:
+def _write_csv(path: Path, cols: dict[str, np.ndarray], schema: dict[str, str], chunk: int = 50_000) -> None:
+    """Write in row chunks so that a million-row table never exists as Python strings at once."""
     names = list(schema)
     n = len(cols[names[0]]) if names else 0
-    text = [_fmt(np.asarray(cols[k])) for k in names]
+    arrays = [np.asarray(cols[k]) for k in names]
     with open(path, "w", newline="") as f:
         f.write(",".join(names) + "\n")
-        if n:
+        for lo in range(0, n, chunk):
+            text = [_fmt(a[lo : lo + chunk]) for a in arrays]
             f.write("\n".join(",".join(r) for r in zip(*text)))
             f.write("\n")
 

@@ -74,16 +74,12 @@ class BlockManager:
             return []
         bs = self.block_size
         max_blocks = (seq.num_tokens - 1) // bs
-        hits: list[int] = []
-        for i in range(max_blocks):
-            h = seq.block_hash(i, bs)
-            if h is None:
-                break
-            b = self._hash_to_block.get(h)
-            if b is None:
-                break
-            hits.append(b)
-        return hits
+        # A waiting sequence is looked up at every iteration until admitted, so the walk runs
+        # at C speed over memoized hashes.
+        got = list(map(self._hash_to_block.get, seq.block_hashes(max_blocks, bs)))
+        if None in got:
+            del got[got.index(None) :]
+        return got
 
     # -- mutations ---------------------------------------------------------------------
     def allocate(self, seq: Sequence, num_new_tokens: int, cached: list[int] | None = None) -> bool:
@@ -108,7 +104,7 @@ class BlockManager:
         taken_from_free = 0
         if cached:
             rc = self.ref_count
-            taken_from_free = sum(1 for b in cached if rc[b] == 0)
+            taken_from_free = list(map(rc.__getitem__, cached)).count(0)
         total = seq.num_computed_tokens + len(cached) * bs + num_new_tokens
         need = max(0, -(-total // bs) - len(seq.block_table) - len(cached))
         if need + taken_from_free > self.num_free_blocks:
@@ -163,21 +159,22 @@ class BlockManager:
             return
         bs = self.block_size
         n_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        j = seq.num_published_blocks
+        if j >= n_full:
+            return
         bh = self.block_hash
         table = seq.block_table
-        for i in range(n_full - 1, -1, -1):  # walk back to the last block already published
-            if bh[table[i]] is not None:
-                break
-        else:
-            i = -1
-        for j in range(i + 1, n_full):
+        hmap = self._hash_to_block
+        while j < n_full:
             h = seq.block_hash(j, bs)
             if h is None:
-                return
+                break
             b = table[j]
-            if h not in self._hash_to_block:
-                self._hash_to_block[h] = b
+            if h not in hmap:
+                hmap[h] = b
             bh[b] = h
+            j += 1
+        seq.num_published_blocks = j
 
     def free(self, seq: Sequence) -> None:
         """Drop `seq`'s references; blocks left unreferenced become free (cached ones evictable).
@@ -199,6 +196,7 @@ class BlockManager:
             elif c < 0:
                 raise AssertionError(f"block {b} freed more often than allocated (sequence {seq.id})")
         seq.block_table = []
+        seq.num_published_blocks = 0
 
     def check_invariants(self) -> None:
         """Every block is exactly one of: referenced, clean-free, cached-free (for tests)."""
