@@ -119,15 +119,16 @@ class ReplicaCore:
         """Apply an executed iteration. `tokens` (engine) holds one sampled id per sequence
         that reached its last token, in batch order; the simulator passes None."""
         kv = self.kv
-        itl = self.recorder.itl
+        itl_add = self.recorder.itl.add
         finished: list[Sequence] = []
         n_prefill = prefill_tokens = decode_tokens = 0
         t = 0
         caching = kv.enable_prefix_caching
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            num_tokens = seq.request.prompt_len + seq.num_output_tokens
+            out = seq.num_output_tokens
+            num_tokens = seq.request.prompt_len + out
             computed = seq.num_computed_tokens + n
-            if n == 1 and seq.num_output_tokens > 0 and computed == num_tokens:
+            if n == 1 and out > 0 and computed == num_tokens:
                 decode_tokens += 1
             else:
                 n_prefill += 1
@@ -137,7 +138,8 @@ class ReplicaCore:
                 kv.cache_blocks(seq)
             if computed < num_tokens:
                 continue  # a prefill chunk that has not reached the end of the prompt yet
-            seq.num_output_tokens += 1
+            out += 1
+            seq.num_output_tokens = out
             stop = False
             if tokens is not None:
                 tok = tokens[t]
@@ -148,9 +150,9 @@ class ReplicaCore:
             if seq.first_token < 0:
                 seq.first_token = end
             else:
-                itl.add(end - seq.last_token)
+                itl_add(end - seq.last_token)
             seq.last_token = end
-            if stop or seq.num_output_tokens >= seq.request.output_len:
+            if stop or out >= seq.request.output_len:
                 finished.append(seq)
         self._work_done += prefill_tokens + decode_tokens
         if tokens is not None and t != len(tokens):
@@ -158,12 +160,13 @@ class ReplicaCore:
         for seq in finished:
             self._finish(seq, end)
         self.num_iterations += 1
-        self.recorder.iteration(
-            (
-                self.id, start, end, 1, end - start, end - start, len(batch.seqs), n_prefill,
-                prefill_tokens, decode_tokens, kv.num_used_blocks, kv.num_blocks, len(batch.preempted),
+        if self.recorder.record_iterations:
+            self.recorder.iteration(
+                (
+                    self.id, start, end, 1, end - start, end - start, len(batch.seqs), n_prefill,
+                    prefill_tokens, decode_tokens, kv.num_used_blocks, kv.num_blocks, len(batch.preempted),
+                )
             )
-        )
         return finished
 
     def _finish(self, seq: Sequence, now: float) -> None:

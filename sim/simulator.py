@@ -251,33 +251,45 @@ class Simulation:
         E = [[g[1]] for g in groups]
         C = [[g[2]] for g in groups]
         free0 = list(stage_free)  # stage free times after X entered
-        entries: list[tuple[float, float]] = []  # (entry time, stage time) of each later entry
+        entry_t: list[float] = []  # entry time and stage time of each later entry
+        entry_st: list[float] = []
         pending = deque(range(len(groups)))
+        # Hot loop: plain locals, no builtins per stage (this runs once per micro-batch iteration).
+        nxt = [1] * len(groups)  # index of each group's next iteration
+        last_c = [g[2] for g in groups]
+        sf = stage_free
+        stages = range(pp)
         inclusive = False
         cap = 200_000  # entries per run at most, to bound memory
         while True:
             g = pending[0]
-            i = len(C[g]) - 1  # its latest iteration, completing at C[g][i]
-            c0 = C[g][i]
-            if i + 1 >= remaining[g]:
+            i1 = nxt[g]
+            c0 = last_c[g]
+            if i1 >= remaining[g]:
                 stop, inclusive = c0, True  # that completion finishes a sequence
                 break
-            e = max(stage_free[0], c0)
-            if len(pending) > 1 and C[pending[1]][-1] <= e:
+            e = sf[0] if sf[0] > c0 else c0
+            if len(pending) > 1 and last_c[pending[1]] <= e:
                 stop = e  # stepping would schedule two completed micro-batches as one
                 break
-            if i + 1 >= k_kv or len(entries) >= cap:
+            if i1 >= k_kv or len(entry_t) >= cap:
                 stop = e
                 break
             ga, gb, gctx, n = lines[g]
+            st = ga + gb * (gctx + n * i1)
             t = e
-            st = ga + gb * (gctx + n * (i + 1))
-            for j in range(pp):
-                t = max(t, stage_free[j]) + st
-                stage_free[j] = t
+            for j in stages:
+                f = sf[j]
+                if f > t:
+                    t = f
+                t += st
+                sf[j] = t
             E[g].append(e)
             C[g].append(t)
-            entries.append((e, st))
+            last_c[g] = t
+            nxt[g] = i1 + 1
+            entry_t.append(e)
+            entry_st.append(st)
             pending.popleft()
             pending.append(g)
         ends = [np.asarray(c) for c in C]
@@ -308,7 +320,7 @@ class Simulation:
                 track(gbatch, E[g][k], float(c[k]))
         # Stage free times as they were after the last entry before t: replay the recurrence.
         stage_free[:] = free0
-        for e, st in entries:
+        for e, st in zip(entry_t, entry_st):
             if e >= t:
                 break
             x = e

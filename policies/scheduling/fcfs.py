@@ -37,11 +37,13 @@ class FCFSScheduler:
     def enqueue(self, waiting: deque[Sequence], seq: Sequence) -> None:
         waiting.append(seq)
 
-    def _victim(self, running: list[Sequence], scheduled: set[int]) -> Sequence | None:
-        """The sequence to preempt: the last admitted one not already in this batch or in flight."""
-        for s in reversed(running):
-            if not s.in_flight and id(s) not in scheduled:
-                return s
+    @staticmethod
+    def _victim(running: list[Sequence], first: int) -> Sequence | None:
+        """The sequence to preempt: the last admitted one at or after position `first` (earlier
+        ones are already in this batch or in flight) that is not in flight."""
+        for j in range(len(running) - 1, first - 1, -1):
+            if not running[j].in_flight:
+                return running[j]
         return None
 
     def schedule(
@@ -51,7 +53,6 @@ class FCFSScheduler:
         budget = cfg.max_num_batched_tokens
         batch = ScheduledBatch()
         seqs, counts, preempted = batch.seqs, batch.num_new_tokens, batch.preempted
-        scheduled: set[int] = set()
 
         allocate = kv.allocate
         i = 0
@@ -69,7 +70,7 @@ class FCFSScheduler:
             while not allocate(seq, n):
                 # Victims come from positions >= i (earlier ones are scheduled or in flight),
                 # so removing one never shifts the cursor unless it is `seq` itself.
-                victim = self._victim(running, scheduled)
+                victim = self._victim(running, i)
                 if victim is None:
                     break
                 running.remove(victim)
@@ -80,7 +81,6 @@ class FCFSScheduler:
             else:
                 seqs.append(seq)
                 counts.append(n)
-                scheduled.add(id(seq))
                 budget -= n
                 i += 1
                 continue
