@@ -1,0 +1,321 @@
+"""Engine speed on one GPU against the hardware's own ceilings, measured in the same run.
+
+Cases (random bf16 weights of a catalog architecture, Llama-3.1-8B by default):
+- decode at batch 1 (CUDA graphs), against the HBM roofline: measured copy bandwidth divided by
+  the bytes one decode step must read (all weights + the KV of the context);
+- offline throughput at batch 64 and 256 with 512-token prompts and 128 output tokens
+  (the engine's FCFS scheduler with chunked prefill);
+- prefill of 8 x 2048 tokens in one step, in TFLOP/s, against a measured 8192^3 bf16 matmul;
+- the same decode and batch-64 cases through `transformers` `generate`, when it is installed.
+
+Usage: python -m benchmarks.bench_engine [--model llama-3.1-8b] [--out benchmarks/results/engine_<card>.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.model_spec import DecoderSpec
+from engine.sampling import SamplingParams
+from policies.kv.block_manager import BlockManager
+from policies.scheduling.batch import ScheduledBatch
+from policies.sequence import Sequence
+from traces.schema import Request
+
+
+def _sync() -> None:
+    torch.cuda.synchronize()
+
+
+def measure_copy_bandwidth(nbytes: int = 2 << 30, reps: int = 10) -> float:
+    """Bytes/s of a device-to-device copy (read + write counted), the practical HBM ceiling."""
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    _sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        b.copy_(a)
+    _sync()
+    dt = (time.perf_counter() - t) / reps
+    del a, b
+    return 2 * nbytes / dt
+
+
+def measure_matmul_tflops(n: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        a @ b
+    _sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync()
+    dt = (time.perf_counter() - t) / reps
+    return 2 * n**3 / dt / 1e12
+
+
+def _prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, length), generator=g).tolist()
+
+
+def decode_batch1(eng: LLMEngine, prompt_len: int = 512, steps: int = 256) -> dict:
+    """Time pure decode steps of one sequence (graph replay + sampling + Python per step)."""
+    runner = eng.runner
+    kv = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching=False)
+    prompt = _prompts(1, prompt_len, eng.spec.vocab_size, 0)[0]
+    seq = Sequence(Request(id=0, arrival=0.0, prompt_len=prompt_len, output_len=steps + 1), token_ids=prompt)
+
+    def step(n: int) -> None:
+        assert kv.allocate(seq, n)
+        tok = runner.execute(ScheduledBatch([seq], [n]))
+        seq.num_computed_tokens += n
+        seq.token_ids.append(tok[0])
+        seq.num_output_tokens += 1
+
+    step(prompt_len)
+    for _ in range(8):  # warm-up
+        step(1)
+    _sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(1)
+    dt = time.perf_counter() - t
+    ctx = prompt_len + 8 + steps / 2
+    kv.free(seq)
+    return {
+        "tokens_per_s": steps / dt,
+        "ms_per_token": 1e3 * dt / steps,
+        "mean_context": ctx,
+        "cuda_graphs": runner.graphs is not None,
+    }
+
+
+def throughput(eng: LLMEngine, batch: int, prompt_len: int = 512, out_len: int = 128) -> dict:
+    prompts = _prompts(batch, prompt_len, eng.spec.vocab_size, batch)
+    sp = SamplingParams(max_tokens=out_len, ignore_eos=True)
+    eng.generate(prompts[: min(batch, 4)], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+    _sync()
+    t = time.perf_counter()
+    outs = eng.generate(prompts, sp)
+    _sync()
+    dt = time.perf_counter() - t
+    n_out = sum(len(o.output_token_ids) for o in outs)
+    assert n_out == batch * out_len
+    return {
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "output_len": out_len,
+        "seconds": dt,
+        "output_tokens_per_s": n_out / dt,
+        "total_tokens_per_s": (n_out + batch * prompt_len) / dt,
+    }
+
+
+def prefill_flops(spec: DecoderSpec, lens: list[int]) -> float:
+    """Model FLOPs of one prefill step: 2 * (non-embedding params) per token, causal attention
+    (QK^T and PV over the lower triangle), and the LM head for one row per sequence."""
+    per_token = spec.num_params() - spec.vocab_size * spec.hidden_size * (
+        1 if spec.tie_word_embeddings else 2
+    )
+    tokens = sum(lens)
+    dense = 2 * per_token * tokens
+    attn = sum(2 * 2 * spec.num_layers * spec.num_heads * spec.head_dim * n * (n + 1) / 2 for n in lens)
+    head = 2 * spec.hidden_size * spec.vocab_size * len(lens)
+    return dense + attn + head
+
+
+def prefill_step(eng: LLMEngine, num_seqs: int = 8, length: int = 2048, reps: int = 5) -> dict:
+    runner = eng.runner
+    times = []
+    for r in range(reps + 1):
+        kv = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching=False)
+        seqs = [
+            Sequence(Request(id=i, arrival=0.0, prompt_len=length, output_len=1), token_ids=p)
+            for i, p in enumerate(_prompts(num_seqs, length, eng.spec.vocab_size, 100 + r))
+        ]
+        for s in seqs:
+            assert kv.allocate(s, length)
+        batch = ScheduledBatch(seqs, [length] * num_seqs)
+        _sync()
+        t = time.perf_counter()
+        runner.execute(batch)  # returns after sampling, i.e. after the device finished
+        if r:  # the first repetition is warm-up (Triton compilation)
+            times.append(time.perf_counter() - t)
+    dt = min(times)
+    fl = prefill_flops(eng.spec, [length] * num_seqs)
+    return {
+        "num_seqs": num_seqs,
+        "length": length,
+        "seconds": dt,
+        "tflops": fl / dt / 1e12,
+        "tokens_per_s": num_seqs * length / dt,
+    }
+
+
+def transformers_baseline(spec_name: str, batch64: bool = True) -> dict:
+    try:
+        import transformers
+    except ImportError:
+        return {"skipped": "transformers not installed"}
+    from backends.models import get_model
+
+    cfg = transformers.AutoConfig.for_model(**get_model(spec_name).to_hf_config())
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
+    finally:
+        torch.set_default_dtype(prev)
+    model = model.to_empty(device="cuda").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+        for m in model.modules():  # to_empty left the rotary buffers uninitialized: rebuild them
+            if hasattr(m, "inv_freq"):
+                fresh = type(m)(config=m.config, device="cuda")
+                for name, buf in fresh.named_buffers(recurse=False):
+                    getattr(m, name).copy_(buf)
+    out: dict = {"version": transformers.__version__}
+    vocab = cfg.vocab_size
+
+    def gen(batch: int, plen: int, new: int) -> float:
+        ids = torch.tensor(_prompts(batch, plen, vocab, 7), device="cuda")
+        kw = dict(
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        model.generate(
+            ids[:, :16],
+            **{
+                **kw,
+                "attention_mask": torch.ones_like(ids[:, :16]),
+                "max_new_tokens": 4,
+                "min_new_tokens": 4,
+            },
+        )
+        _sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            res = model.generate(ids, **kw)
+        _sync()
+        assert res.shape[1] == plen + new
+        return time.perf_counter() - t
+
+    dt = gen(1, 512, 128)
+    out["decode_batch1_tokens_per_s_incl_prefill"] = 128 / dt
+    if batch64:
+        dt = gen(64, 512, 128)
+        out["batch64_512in_128out"] = {"seconds": dt, "output_tokens_per_s": 64 * 128 / dt}
+    return out
+
+
+def card_slug(name: str) -> str:
+    m = re.search(r"(H100|H200|A100|L40S|L4|A10G|B200|GH200)", name, re.I)
+    return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "_", name.lower())).lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama-3.1-8b", help="catalog architecture (random bf16 weights)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/engine_<card>.json)")
+    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--max-model-len", type=int, default=20480)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_engine needs a CUDA device")
+    card = torch.cuda.get_device_name()
+    res: dict = {
+        "card": card,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "model": args.model,
+        "dtype": "bfloat16",
+        "weights": "random N(0, 0.02)",
+    }
+    try:
+        import triton
+
+        res["triton"] = triton.__version__
+    except ImportError:
+        pass
+    res["hbm_copy_GBps"] = measure_copy_bandwidth() / 1e9
+    res["matmul_8192_bf16_tflops"] = measure_matmul_tflops()
+    print(json.dumps(res, indent=1), flush=True)
+
+    t = time.perf_counter()
+    eng = LLMEngine(
+        EngineConfig(
+            model=args.model,
+            device="cuda",
+            dtype="bfloat16",
+            max_num_seqs=256,
+            max_num_batched_tokens=16384,
+            max_model_len=args.max_model_len,
+            enable_prefix_caching=False,
+            gpu_memory_utilization=0.85,
+        )
+    )
+    r = eng.runner
+    res["engine_setup_seconds"] = time.perf_counter() - t
+    res["num_kv_blocks"] = r.num_blocks
+    res["kv_plan"] = r.kv_plan.reason
+    res["weight_GB"] = r.weight_bytes / 1e9
+    print("engine ready", res["engine_setup_seconds"], r.num_blocks, flush=True)
+
+    # Bytes one decode step reads: every weight but the input embedding table (one row of it is
+    # gathered; a tied table is read whole as the LM head), plus the K and V of the context.
+    spec = eng.spec
+    emb = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size * 2
+    step_weight_bytes = r.weight_bytes - emb
+    res["decode_weight_bytes_per_step_GB"] = step_weight_bytes / 1e9
+    for key, plen in (("decode_batch1", 512), ("decode_batch1_ctx16k", 16384)):
+        d = decode_batch1(eng, prompt_len=plen)
+        kv_bytes = 2 * spec.num_layers * spec.kv_size * 2 * d["mean_context"]
+        roof = res["hbm_copy_GBps"] * 1e9 / (step_weight_bytes + kv_bytes)
+        d["hbm_roofline_tokens_per_s"] = roof
+        d["fraction_of_roofline"] = d["tokens_per_s"] / roof
+        res[key] = d
+        print("decode", plen, d, flush=True)
+
+    res["prefill_8x2048"] = p = prefill_step(eng)
+    p["fraction_of_matmul"] = p["tflops"] / res["matmul_8192_bf16_tflops"]
+    print("prefill", p, flush=True)
+
+    res["throughput"] = [throughput(eng, b) for b in (64, 256)]
+    print("throughput", res["throughput"], flush=True)
+    del eng, r
+    torch.cuda.empty_cache()
+
+    if not args.no_transformers:
+        try:
+            res["transformers"] = transformers_baseline(args.model)
+            torch.cuda.empty_cache()
+        except Exception as e:  # a baseline failure must not lose the engine numbers
+            res["transformers"] = {"error": f"{type(e).__name__}: {e}"}
+        print("transformers", res["transformers"], flush=True)
+
+    out = Path(args.out or f"benchmarks/results/engine_{card_slug(card)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""The real engine: the simulator's replica step (`ReplicaCore`) with a model runner as executor.
+
+`generate` serves a list of prompts to completion (tests, examples); `replay` serves a trace
+in real time, on a clock that skips idle gaps, and returns the same `RunResult` the simulator
+writes, so a simulated and an executed run of one trace compare column for column. The
+scheduler, the block manager and the step bookkeeping are the very objects the simulator
+uses; only "how long did the iteration take" comes from a wall clock instead of a cost model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
+from engine.tokenizer import Tokenizer, load_tokenizer
+from policies.kv.block_manager import BlockManager
+from policies.scheduling.base import SCHEDULERS, SchedulerConfig
+from policies.sequence import Sequence, Status
+from sim.replica_core import ReplicaCore
+from sim.results import RunRecorder, RunResult
+from traces.schema import Request, Trace
+
+
+@dataclass
+class GenerationOutput:
+    request_id: int
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    finish_reason: str  # "eos" | "stop" | "length" | "rejected: <why>"
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+    text: str | None = None
+
+
+def synthesize_prompt(req: Request, vocab_size: int, seed: int = 0) -> list[int]:
+    """Token ids for a trace request that has only lengths (and maybe Mooncake prefix hashes).
+
+    Tokens of trace block k are drawn from a generator seeded by prefix_hashes[k], so requests
+    that share a hash prefix share those tokens, and the engine's content-hash prefix cache sees
+    the same hits the trace describes; the rest is drawn per request.
+    """
+    if req.prompt_token_ids is not None:
+        if len(req.prompt_token_ids) != req.prompt_len:
+            raise ValueError(
+                f"request {req.id}: {len(req.prompt_token_ids)} prompt token ids "
+                f"but prompt_len={req.prompt_len}"
+            )
+        return list(req.prompt_token_ids)
+    out: list[int] = []
+    tb = req.hash_block_tokens
+    for h in req.prefix_hashes:
+        if len(out) >= req.prompt_len or tb < 1:
+            break
+        rng = np.random.default_rng([seed, h & 0xFFFFFFFFFFFFFFFF])
+        out.extend(rng.integers(0, vocab_size, size=min(tb, req.prompt_len - len(out))).tolist())
+    rng = np.random.default_rng([seed, 1 << 40, req.id])
+    out.extend(rng.integers(0, vocab_size, size=req.prompt_len - len(out)).tolist())
+    return out
+
+
+class LLMEngine:
+    def __init__(
+        self, config: EngineConfig, scheduler: str = "fcfs", enable_chunked_prefill: bool = True
+    ) -> None:
+        from policies.scheduling import fcfs  # noqa: F401  (registers "fcfs")
+
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.spec = self.runner.spec
+        self.kv = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler_name = scheduler
+        self.sched_config = SchedulerConfig(
+            config.max_num_batched_tokens, config.max_num_seqs, enable_chunked_prefill
+        )
+        self.scheduler = SCHEDULERS.create(scheduler, self.sched_config)
+        self._tokenizer: Tokenizer | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer (HF tokenizer.json or GGUF vocabulary), loaded on first use."""
+        if self._tokenizer is None:
+            tok = load_tokenizer(self.runner.source)
+            if tok is None:
+                raise ValueError(f"model {self.spec.name!r} ({self.runner.source.path}) ships no tokenizer")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def generate_text(
+        self, prompts: list[str], sampling: SamplingParams | list[SamplingParams]
+    ) -> list[GenerationOutput]:
+        """`generate` on text: encode with the model's tokenizer, decode the outputs into `.text`."""
+        tok = self.tokenizer
+        outs = self.generate([tok.encode(p) for p in prompts], sampling)
+        for o in outs:
+            o.text = tok.decode(o.output_token_ids)
+        return outs
+
+    @property
+    def max_model_len(self) -> int:
+        return self.runner.max_model_len
+
+    def _core(self, num_requests: int, stop_token_ids: frozenset[int]) -> ReplicaCore:
+        return ReplicaCore(
+            0,
+            self.scheduler,
+            self.kv,
+            RunRecorder(num_requests),
+            self.max_model_len,
+            stop_token_ids=stop_token_ids,
+        )
+
+    def _step(self, core: ReplicaCore, now: float) -> tuple[float, bool]:
+        """One iteration at engine time `now`; returns (end time, whether anything happened)."""
+        batch = core.schedule(now)
+        # Preempted sequences keep their sampled tokens and their generator state (recompute only
+        # rebuilds KV), so seeded outputs do not depend on whether preemption happened.
+        if batch.is_empty:
+            return now, bool(batch.preempted)
+        tokens = self.runner.execute(batch)
+        end = now + self.runner.last_step_seconds
+        core.complete(batch, now, end, tokens)
+        return end, True
+
+    # -- offline generation -------------------------------------------------------------------
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams]
+    ) -> list[GenerationOutput]:
+        """Serve token-id prompts to completion; outputs in prompt order.
+
+        Stop tokens are applied by the replica step, which holds one stop set: all requests of
+        one call must agree on `ignore_eos` and `stop_token_ids` (lengths may differ).
+        """
+        params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        stop_sets = {(p.ignore_eos, tuple(sorted(p.stop_token_ids))) for p in params}
+        if len(stop_sets) > 1:
+            raise ValueError("requests of one generate() call must share ignore_eos and stop_token_ids")
+        ignore_eos, stops = next(iter(stop_sets)) if stop_sets else (True, ())
+        stop = frozenset(stops) | (frozenset() if ignore_eos else frozenset(self.spec.eos_token_ids))
+        core = self._core(len(prompts), stop)
+        seqs: list[Sequence] = []
+        runner = self.runner
+        runner.sampling.clear()
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty")
+            bad = [t for t in prompt if not 0 <= t < self.spec.vocab_size]
+            if bad:
+                raise ValueError(
+                    f"prompt {i}: token id {bad[0]} outside the vocabulary (size {self.spec.vocab_size})"
+                )
+            req = Request(id=i, arrival=0.0, prompt_len=len(prompt), output_len=p.max_tokens)
+            seq = Sequence(req, token_ids=list(prompt))
+            runner.sampling[i] = p
+            seqs.append(seq)
+            core.add(seq, 0.0)
+        now = 0.0
+        while core.has_work:
+            now, progressed = self._step(core, now)
+            if not progressed:
+                raise RuntimeError("scheduler made no progress with work pending (KV pool too small?)")
+        outs = []
+        for seq, p in zip(seqs, params, strict=True):
+            prompt_len = seq.request.prompt_len
+            gen = seq.token_ids[prompt_len:] if seq.token_ids is not None else []
+            if seq.status is Status.REJECTED:
+                reason = f"rejected: {seq.reject_reason}"
+            elif gen and gen[-1] in stop:
+                reason = "stop" if gen[-1] in p.stop_token_ids else "eos"
+            else:
+                reason = "length"
+            outs.append(
+                GenerationOutput(
+                    seq.id,
+                    list(seq.token_ids[:prompt_len]) if seq.token_ids else [],
+                    gen,
+                    reason,
+                    seq.num_cached_tokens,
+                    seq.num_preemptions,
+                )
+            )
+            runner.sampler.forget(seq.id)
+        runner.sampling.clear()
+        return outs
+
+    # -- trace replay -------------------------------------------------------------------------
+    def replay(self, trace: Trace, *, seed: int = 0, time_limit: float | None = None) -> RunResult:
+        """Serve `trace` against the wall clock (idle gaps skipped), greedy, ignoring EOS so that
+        every request produces exactly its trace output length, and return the run's result."""
+        core = self._core(len(trace), frozenset())
+        runner = self.runner
+        runner.sampling.clear()
+        arrivals = trace.arrival
+        n = len(trace)
+        vocab = self.spec.vocab_size
+        nxt = 0
+        skipped = 0.0
+        t0 = time.perf_counter()
+        iterations = 0
+        while nxt < n or core.has_work:
+            now = time.perf_counter() - t0 + skipped
+            if not core.has_work and nxt < n and arrivals[nxt] > now:
+                skipped += float(arrivals[nxt]) - now  # nothing to do until the next arrival
+                now = float(arrivals[nxt])
+            while nxt < n and arrivals[nxt] <= now:
+                req = trace.request(nxt)
+                core.add(Sequence(req, token_ids=synthesize_prompt(req, vocab, seed)), float(arrivals[nxt]))
+                nxt += 1
+            if time_limit is not None and now > time_limit:
+                break
+            if not core.has_work:
+                continue
+            batch = core.schedule(now)
+            if batch.is_empty:
+                if nxt >= n:
+                    raise RuntimeError("replay stalled: work pending, nothing schedulable, no arrivals left")
+                skipped += max(0.0, float(arrivals[nxt]) - now)
+                continue
+            tokens = runner.execute(batch)
+            end = time.perf_counter() - t0 + skipped
+            core.complete(batch, now, end, tokens)
+            iterations += 1
+        wall = time.perf_counter() - t0
+        core.drain_unfinished()
+        meta = {
+            "kind": "engine",
+            "name": f"engine-{self.spec.name}-{runner.device.kind}-{self.scheduler_name}",
+            "trace": trace.name,
+            "trace_source": trace.source,
+            "num_requests": n,
+            "config": {
+                k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                for k, v in vars(self.config).items()
+            },
+            "device": runner.device.name,
+            "model": self.spec.name,
+            "dtype": str(runner.dtype).removeprefix("torch."),
+            "attention_backend": runner.backend.name,
+            "cuda_graphs": runner.graphs is not None,
+            "layout": {"tp": 1, "pp": 1, "replicas": 1},
+            "num_kv_blocks": runner.num_blocks,
+            "kv_plan": runner.kv_plan.reason,
+            "sim_end": time.perf_counter() - t0 + skipped,
+            "idle_skipped_seconds": skipped,
+            "iterations": iterations,
+            "wall_seconds": wall,
+            "kv": {
+                "evictions": self.kv.stats.evictions,
+                "hit_tokens": self.kv.stats.hit_tokens,
+                "queried_tokens": self.kv.stats.queried_tokens,
+                "peak_used_blocks": self.kv.stats.peak_used_blocks,
+            },
+        }
+        return core.recorder.result(meta, arrivals=trace.arrival)

@@ -1,0 +1,244 @@
+"""The executor of the replica step: ScheduledBatch in, one sampled token per finishing sequence out.
+
+For each scheduled sequence it computes tokens token_ids[c : c + n] (c = num_computed_tokens)
+at positions c .. c + n - 1, writing their K/V into the blocks of the sequence's table and
+attending causally over positions 0 .. c + n - 1; a sequence whose computed count reaches
+its token count this step gets one sampled token. Bookkeeping (advancing counts, appending
+tokens, freeing KV) stays with the caller's `ReplicaCore`, so the simulator and the engine
+share one scheduler, one block manager and one notion of a step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.attention import AttentionBackend, AttentionMetadata, TorchPagedAttention, build_metadata
+from engine.config import EngineConfig
+from engine.device import Device, get_device
+from engine.kv_cache import KVCache, KVPlan, plan_num_blocks
+from engine.model import DecoderModel
+from engine.model_spec import DecoderSpec
+from engine.sampling import GREEDY, Sampler, SamplingParams
+from engine.weights import WeightSource, load_into, resolve_source
+from policies.scheduling.batch import ScheduledBatch
+from policies.sequence import Sequence
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ACTIVATION_MARGIN = 256 * 2**20  # cuBLAS workspaces, allocator slack, graph pools
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    meta: AttentionMetadata
+    sample_rows: list[int]  # row of each sampling sequence's last token, in batch order
+    sample_seqs: list[Sequence]
+
+
+def make_backend(name: str, device: Device, spec: DecoderSpec) -> AttentionBackend:
+    if name == "auto":
+        name = "triton" if device.supports_triton else "torch"
+    if name == "torch":
+        return TorchPagedAttention()
+    if name == "triton":
+        if not device.supports_triton:
+            raise RuntimeError(
+                f"attention_backend='triton' needs CUDA with triton installed; device is {device.kind}"
+            )
+        from engine.triton_attention import TritonPagedAttention
+
+        return TritonPagedAttention(device.torch_device, spec.num_heads, spec.num_kv_heads)
+    raise ValueError(f"unknown attention backend {name!r}")
+
+
+def build_model(
+    spec_source: WeightSource,
+    max_positions: int,
+    backend: AttentionBackend,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+) -> DecoderModel:
+    """Construct on the meta device (no wasted init), materialize, then load or randomize weights."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = DecoderModel(spec_source.spec, max_positions, backend)
+    finally:
+        torch.set_default_dtype(prev)
+    model.to_empty(device=device)
+    model.rotary.rebuild_(device)
+    if spec_source.tensors is None:
+        model.init_random_(seed)
+    else:
+        load_into(model, spec_source.tensors(), spec_source.path)
+    model.eval()
+    return model
+
+
+class ModelRunner:
+    """Owns the model, its KV pools, the sampler and (on CUDA) the decode graphs."""
+
+    def __init__(self, config: EngineConfig, source: WeightSource | None = None) -> None:
+        self.config = config
+        self.device = get_device(config.device)
+        self.source = source or resolve_source(config.model)
+        self.spec = self.source.spec
+        self.dtype = self.device.default_dtype if config.dtype == "auto" else _DTYPES[config.dtype]
+        self.block_size = config.block_size
+        self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 32768)
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        self.backend = make_backend(config.attention_backend, self.device, self.spec)
+        dev = self.device.torch_device
+        self.model = build_model(self.source, self.max_model_len, self.backend, self.dtype, dev, config.seed)
+        if self.backend.name == "triton":
+            self.model.use_fused_ops(True)
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        activation = self._profile_activation_bytes() if self.device.kind == "cuda" else 0
+        self.kv_plan: KVPlan = plan_num_blocks(
+            self.spec,
+            self.device,
+            self.dtype,
+            self.block_size,
+            num_kv_blocks=config.num_kv_blocks,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            cpu_kv_fraction=config.cpu_kv_fraction,
+            activation_bytes=activation,
+        )
+        self.kv = KVCache(self.spec, self.kv_plan.num_blocks, self.block_size, self.dtype, dev)
+        self.model.bind_kv_cache(self.kv.k, self.kv.v)
+        self.sampler = Sampler(dev, config.seed)
+        self.sampling: dict[int, SamplingParams] = {}  # request id -> params (default greedy)
+        self.graphs = None
+        if config.cuda_graphs and self.device.supports_graphs and self.backend.name == "triton":
+            from engine.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(
+                self.model, self.kv, self.backend, self.max_model_len, max_batch=config.max_num_seqs
+            )
+        self.last_step_seconds = 0.0
+
+    @property
+    def num_blocks(self) -> int:
+        """Usable KV blocks: give the block manager (and the simulator mirroring it) exactly this."""
+        return self.kv.num_blocks
+
+    # -- inputs ------------------------------------------------------------------------------
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        ids: list[int] = []
+        pos: list[int] = []
+        q_lens: list[int] = []
+        ctx: list[int] = []
+        tables: list[list[int]] = []
+        rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            c = seq.num_computed_tokens
+            toks = seq.token_ids
+            if toks is None:
+                raise ValueError(f"sequence {seq.id} has no token ids; the engine computes real tokens")
+            if len(toks) != seq.num_tokens:
+                raise ValueError(f"sequence {seq.id}: {len(toks)} token ids but num_tokens={seq.num_tokens}")
+            if n < 1 or c + n > seq.num_tokens:
+                raise ValueError(f"sequence {seq.id}: cannot compute {n} tokens from {c} of {seq.num_tokens}")
+            if c + n > self.max_model_len:
+                raise ValueError(
+                    f"sequence {seq.id}: {c + n} tokens exceed max_model_len={self.max_model_len}"
+                )
+            ids.extend(toks[c : c + n])
+            pos.extend(range(c, c + n))
+            q_lens.append(n)
+            ctx.append(c + n)
+            tables.append(seq.block_table)
+            if c + n == seq.num_tokens:
+                rows.append(len(ids) - 1)
+                sample_seqs.append(seq)
+        dev = self.device.torch_device
+        meta = build_metadata(q_lens, ctx, tables, self.block_size, dev, pad_block=self.kv.scratch_block)
+        return StepInputs(
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(pos, dtype=torch.int64, device=dev),
+            meta=meta,
+            sample_rows=rows,
+            sample_seqs=sample_seqs,
+        )
+
+    # -- one step ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward_hidden(self, inp: StepInputs) -> torch.Tensor:
+        if self.graphs is not None and self.graphs.can_run(inp.meta):
+            return self.graphs.run(inp)
+        self.backend.prepare(inp.meta)
+        return self.model(inp.input_ids, inp.positions, inp.meta)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> list[int]:
+        """Run one scheduled step; returns the sampled tokens of finishing sequences, in batch order."""
+        t0 = time.perf_counter()
+        if batch.is_empty:
+            self.last_step_seconds = 0.0
+            return []
+        inp = self.prepare(batch)
+        hidden = self.forward_hidden(inp)
+        if not inp.sample_rows:
+            self.device.synchronize()
+            self.last_step_seconds = time.perf_counter() - t0
+            return []
+        rows = torch.tensor(inp.sample_rows, dtype=torch.int64, device=hidden.device)
+        logits = self.model.compute_logits(hidden.index_select(0, rows)).float()
+        params = [self.sampling.get(s.id, GREEDY) for s in inp.sample_seqs]
+        tokens = self.sampler.sample(logits, params, [s.id for s in inp.sample_seqs])
+        self.last_step_seconds = time.perf_counter() - t0
+        return tokens
+
+    @torch.inference_mode()
+    def logits_of(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Logits of every computed token of the step ([T, vocab], float32), for tests."""
+        inp = self.prepare(batch)
+        hidden = self.forward_hidden(inp)
+        return self.model.compute_logits(hidden).float()
+
+    # -- memory sizing ---------------------------------------------------------------------
+    def _profile_activation_bytes(self) -> int:
+        """Peak extra memory of the largest step: run max_num_batched_tokens tokens once
+        against a throw-away KV pool just big enough, as vLLM's profile run does."""
+        cfg = self.config
+        total = cfg.max_num_batched_tokens
+        lens: list[int] = []
+        while sum(lens) < total:
+            lens.append(min(self.max_model_len, total - sum(lens)))
+        bs = self.block_size
+        nblocks = sum(-(-n // bs) for n in lens)
+        dev = self.device.torch_device
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        tmp = KVCache(self.spec, nblocks, bs, self.dtype, dev)
+        self.model.bind_kv_cache(tmp.k, tmp.v)
+        tables: list[list[int]] = []
+        nxt = 0
+        for n in lens:
+            k = -(-n // bs)
+            tables.append(list(range(nxt, nxt + k)))
+            nxt += k
+        meta = build_metadata(lens, lens, tables, bs, dev, pad_block=tmp.scratch_block)
+        ids = torch.zeros(total, dtype=torch.int64, device=dev)
+        pos = torch.cat([torch.arange(n, device=dev) for n in lens])
+        with torch.inference_mode():
+            self.backend.prepare(meta)
+            hidden = self.model(ids, pos, meta)
+            rows = hidden[: min(cfg.max_num_seqs, total)]
+            self.model.compute_logits(rows).float().softmax(-1)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - base - tmp.nbytes
+        del tmp, hidden, rows, meta
+        for layer in self.model.layers:
+            layer.self_attn.k_cache = layer.self_attn.v_cache = None
+        self.device.empty_cache()
+        return int(peak) + _ACTIVATION_MARGIN

@@ -1,0 +1,356 @@
+"""Triton paged attention: prefill, chunked prefill, prefix-cached prefill and decode in one launch.
+
+Design after vLLM's unified Triton attention kernel and FlashAttention-2's online softmax
+(Dao, "FlashAttention-2", 2023): a program owns BLOCK_Q consecutive query tokens of one
+sequence for one KV head, and the GROUP query heads that share that KV head are packed into
+the rows of its tile (row r = query r // GROUP_PAD, head r % GROUP_PAD), so K and V are read
+once per group, which is what makes GQA decode cheap. Keys are walked in BLOCK_N tiles through
+the block table; query i of a sequence with context C and q_len n sits at position C - n + i
+and sees keys 0 .. C - n + i, which covers full prefills (C = n), chunks and prefix-cache
+hits (C > n) and decodes (n = 1) alike.
+
+Long-context decode at small batch leaves most SMs idle with one program per (sequence, KV
+head), so the key range can be split into NUM_SPLITS parts written as partial results plus
+log-sum-exp and merged by a second kernel (the split-KV scheme of Flash-Decoding, Dao et al.
+2023). The split count is a launch constant, never derived from device data, so the launch is
+CUDA-graph safe; each program derives its own key range from the context length it reads.
+
+Imported only on CUDA (triton is absent on CPU CI).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.attention import AttentionMetadata
+from engine.triton_ops import store_kv
+
+
+@triton.jit
+def _paged_attn_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    part_ptr,
+    lse_ptr,
+    cu_q_ptr,
+    ctx_ptr,
+    bt_ptr,
+    tile_seq_ptr,
+    tile_q_ptr,
+    scale_log2,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_ps,
+    stride_pt,
+    stride_ph,
+    stride_ls,
+    stride_lt,
+    stride_bt,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    PAGE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq = tl.load(tile_seq_ptr + tile)
+    q0 = tl.load(tile_q_ptr + tile)  # first query index (within the sequence) of this tile
+    q_start = tl.load(cu_q_ptr + seq)
+    q_len = tl.load(cu_q_ptr + seq + 1) - q_start
+    ctx = tl.load(ctx_ptr + seq)
+    prefix = ctx - q_len
+
+    offs_m = tl.arange(0, BLOCK_M)
+    qi = q0 + offs_m // GROUP_PAD
+    hh = offs_m % GROUP_PAD
+    head = kvh * GROUP + hh
+    row_ok = (qi < q_len) & (hh < GROUP)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(
+        q_ptr + (q_start + qi)[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    qpos = prefix + qi
+
+    # Keys this tile needs: up to the position of its last valid query.
+    kv_end = tl.minimum(ctx, prefix + tl.minimum(q0 + BLOCK_Q, q_len))
+    n_tiles = tl.cdiv(kv_end, BLOCK_N)
+    per_split = tl.cdiv(n_tiles, NUM_SPLITS)
+    t_lo = split * per_split
+    t_hi = tl.minimum(n_tiles, t_lo + per_split)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    for t in range(t_lo, t_hi):
+        kpos = t * BLOCK_N + offs_n
+        k_ok = kpos < kv_end
+        blk = tl.load(bt_ptr + seq * stride_bt + kpos // PAGE, mask=k_ok, other=0).to(tl.int64)
+        slot = kpos % PAGE
+        k = tl.load(
+            k_ptr + blk[None, :] * stride_kb + slot[None, :] * stride_ks + kvh * stride_kh + offs_d[:, None],
+            mask=k_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        if IEEE:  # float32 models: exact products, no TF32 rounding
+            s = tl.dot(q, k, input_precision="ieee") * scale_log2
+        else:
+            s = tl.dot(q, k) * scale_log2
+        allowed = (kpos[None, :] <= qpos[:, None]) & k_ok[None, :]
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_ptr + blk[:, None] * stride_vb + slot[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :],
+            mask=k_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    rows = q_start + qi
+    if NUM_SPLITS == 1:
+        tl.store(
+            out_ptr + rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+            o.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
+    else:
+        tl.store(
+            part_ptr
+            + split * stride_ps
+            + rows[:, None] * stride_pt
+            + head[:, None] * stride_ph
+            + offs_d[None, :],
+            o,
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # log2 domain
+        tl.store(lse_ptr + split * stride_ls + rows * stride_lt + head, lse, mask=row_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_ptr,
+    lse_ptr,
+    out_ptr,
+    stride_ps,
+    stride_pt,
+    stride_ph,
+    stride_ls,
+    stride_lt,
+    stride_ot,
+    stride_oh,
+    NUM_SPLITS: tl.constexpr,
+    S_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+):
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, S_PAD)
+    s_ok = offs_s < NUM_SPLITS
+    lse = tl.load(lse_ptr + offs_s * stride_ls + t * stride_lt + h, mask=s_ok, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - m), 0.0)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < HEAD_DIM
+    part = tl.load(
+        part_ptr + offs_s[:, None] * stride_ps + t * stride_pt + h * stride_ph + offs_d[None, :],
+        mask=s_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    o = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(out_ptr + t * stride_ot + h * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class TritonPagedAttention:
+    """Attention backend running `_paged_attn_kernel` (plus the merge kernel when split)."""
+
+    name = "triton"
+
+    def __init__(
+        self,
+        device: torch.device,
+        num_heads: int,
+        num_kv_heads: int,
+        prefill_block_m: int = 128,
+        block_n: int = 64,
+    ) -> None:
+        self.device = device
+        self.group = num_heads // num_kv_heads
+        self.kv_heads = num_kv_heads
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        self.prefill_block_m = prefill_block_m
+        self.block_n = block_n
+
+    # -- launch planning ---------------------------------------------------------------------
+    def tile_rows(self, decode_only: bool) -> tuple[int, int]:
+        """(BLOCK_M, BLOCK_Q) for a step: decode packs only the head group (>= 16 rows for tl.dot)."""
+        gp = _pow2(self.group)
+        block_m = max(16, gp) if decode_only else max(self.prefill_block_m, gp)
+        return block_m, block_m // gp
+
+    def num_splits(self, num_tiles: int, max_context: int) -> int:
+        """Split the key range when the grid would leave SMs idle and contexts are long enough."""
+        programs = num_tiles * self.kv_heads
+        if programs >= self.num_sms or max_context <= 2 * self.block_n:
+            return 1
+        by_sms = -(-2 * self.num_sms // programs)
+        by_len = -(-max_context // (2 * self.block_n))
+        return max(1, min(by_sms, by_len, 32))
+
+    def prepare(self, meta: AttentionMetadata) -> None:
+        """Tile -> (sequence, first query) maps and the split count, once per step for all layers."""
+        decode = meta.is_decode_only
+        _, block_q = self.tile_rows(decode)
+        seqs: list[int] = []
+        starts: list[int] = []
+        for b, n in enumerate(meta.q_lens):
+            for q0 in range(0, n, block_q):
+                seqs.append(b)
+                starts.append(q0)
+        meta.extra["tile_seq"] = torch.tensor(seqs, dtype=torch.int32, device=self.device)
+        meta.extra["tile_q"] = torch.tensor(starts, dtype=torch.int32, device=self.device)
+        meta.num_splits = self.num_splits(len(seqs), meta.max_context_len) if decode else 1
+
+    # -- the call ----------------------------------------------------------------------------
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        return self.attend(q, k_cache, v_cache, meta, scale)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        num_heads, head_dim = q.shape[1], q.shape[2]
+        kv_heads, page = k_cache.shape[2], k_cache.shape[1]
+        group = num_heads // kv_heads
+        if group != self.group or kv_heads != self.kv_heads:
+            raise ValueError(
+                f"backend built for {self.kv_heads} KV heads x group {self.group}, "
+                f"called with {kv_heads} x {group}"
+            )
+        if "tile_seq" not in meta.extra:
+            raise RuntimeError("TritonPagedAttention.prepare(meta) must run before the forward pass")
+        decode = meta.is_decode_only
+        block_m, block_q = self.tile_rows(decode)
+        tile_seq, tile_q = meta.extra["tile_seq"], meta.extra["tile_q"]
+        n_tiles = tile_seq.shape[0]
+        num_splits = meta.num_splits
+        out = torch.empty_like(q)
+        if num_splits > 1:
+            part = torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device)
+            lse = torch.empty((num_splits, q.shape[0], num_heads), dtype=torch.float32, device=q.device)
+        else:
+            part, lse = out, out  # unused by the kernel when NUM_SPLITS == 1
+        d_pad = _pow2(head_dim)
+        _paged_attn_kernel[(n_tiles, kv_heads, num_splits)](
+            q,
+            k_cache,
+            v_cache,
+            out,
+            part,
+            lse,
+            meta.cu_seqlens_q,
+            meta.context_lens,
+            meta.block_tables,
+            tile_seq,
+            tile_q,
+            scale * math.log2(math.e),
+            q.stride(0),
+            q.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            k_cache.stride(2),
+            v_cache.stride(0),
+            v_cache.stride(1),
+            v_cache.stride(2),
+            out.stride(0),
+            out.stride(1),
+            part.stride(0) if num_splits > 1 else 0,
+            part.stride(1) if num_splits > 1 else 0,
+            part.stride(2) if num_splits > 1 else 0,
+            lse.stride(0) if num_splits > 1 else 0,
+            lse.stride(1) if num_splits > 1 else 0,
+            meta.block_tables.stride(0),
+            GROUP=group,
+            GROUP_PAD=_pow2(group),
+            BLOCK_Q=block_q,
+            BLOCK_M=block_m,
+            BLOCK_N=self.block_n,
+            HEAD_DIM=head_dim,
+            D_PAD=d_pad,
+            PAGE=page,
+            NUM_SPLITS=num_splits,
+            IEEE=q.dtype == torch.float32,
+            num_warps=4 if decode else 8,
+            num_stages=2,
+        )
+        if num_splits > 1:
+            _merge_splits_kernel[(q.shape[0], num_heads)](
+                part,
+                lse,
+                out,
+                part.stride(0),
+                part.stride(1),
+                part.stride(2),
+                lse.stride(0),
+                lse.stride(1),
+                out.stride(0),
+                out.stride(1),
+                NUM_SPLITS=num_splits,
+                S_PAD=_pow2(num_splits),
+                HEAD_DIM=head_dim,
+                D_PAD=d_pad,
+            )
+        return out

@@ -1,0 +1,238 @@
+"""The Triton paged-attention kernel and the CUDA-graph decode path against the reference (GPU only)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _case(
+    num_heads: int, kv_heads: int, head_dim: int, page: int, dtype, seqs: list[tuple[int, int]], seed: int
+):
+    """Random pools and block tables; seqs = [(q_len, context_len)]. Returns q, pools, metadata."""
+    from engine.attention import build_metadata
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rnd = random.Random(seed)
+    need = sum(-(-ctx // page) for _, ctx in seqs)
+    num_blocks = need + 7
+    ids = list(range(num_blocks))
+    rnd.shuffle(ids)  # tables point all over the pool, not at consecutive blocks
+    tables, at = [], 0
+    for _, ctx in seqs:
+        k = -(-ctx // page)
+        tables.append(ids[at : at + k])
+        at += k
+    shape = (num_blocks, page, kv_heads, head_dim)
+    kc = torch.randn(shape, generator=g, device="cuda").to(dtype)
+    vc = torch.randn(shape, generator=g, device="cuda").to(dtype)
+    t = sum(n for n, _ in seqs)
+    q = torch.randn((t, num_heads, head_dim), generator=g, device="cuda").to(dtype)
+    meta = build_metadata([n for n, _ in seqs], [c for _, c in seqs], tables, page, torch.device("cuda"))
+    return q, kc, vc, meta
+
+
+def _reference(q, kc, vc, meta, scale):
+    from engine.attention import paged_attention_reference
+
+    return paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
+
+
+MIXED = [(37, 37), (1, 300), (20, 95), (1, 1), (64, 64), (5, 2000), (1, 17)]
+
+
+@pytest.mark.parametrize("heads", [(32, 8, 128), (9, 3, 64), (4, 4, 64), (16, 1, 128), (14, 2, 80)])
+@pytest.mark.parametrize("page", [16, 32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_mixed_batch_matches_reference(heads, page, dtype) -> None:
+    from engine.triton_attention import TritonPagedAttention
+
+    h, kvh, d = heads
+    q, kc, vc, meta = _case(h, kvh, d, page, dtype, MIXED, seed=h * page)
+    be = TritonPagedAttention(torch.device("cuda"), h, kvh)
+    be.prepare(meta)
+    got = be.attend(q, kc, vc, meta, d**-0.5).float()
+    want = _reference(q, kc, vc, meta, d**-0.5)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 8, 32])
+@pytest.mark.parametrize("ctxs", [[4000], [1, 70, 129, 1500], [128] * 5])
+def test_split_kv_decode_matches_reference(splits: int, ctxs: list[int]) -> None:
+    from engine.triton_attention import TritonPagedAttention
+
+    q, kc, vc, meta = _case(32, 8, 128, 16, torch.bfloat16, [(1, c) for c in ctxs], seed=splits)
+    be = TritonPagedAttention(torch.device("cuda"), 32, 8)
+    be.prepare(meta)
+    meta.num_splits = splits
+    got = be.attend(q, kc, vc, meta, 128**-0.5).float()
+    torch.testing.assert_close(got, _reference(q, kc, vc, meta, 128**-0.5), atol=2e-2, rtol=2e-2)
+
+
+def test_heuristic_splits_small_long_decodes() -> None:
+    from engine.triton_attention import TritonPagedAttention
+
+    be = TritonPagedAttention(torch.device("cuda"), 32, 8)
+    assert be.num_splits(1, 8192) > 1
+    assert be.num_splits(256, 8192) == 1
+    assert be.num_splits(1, 64) == 1
+
+
+def _gpu_runner(family: str, graphs: bool, backend: str = "triton", dtype: str = "float32"):
+    from engine.config import EngineConfig
+    from engine.model_runner import ModelRunner
+    from engine.testing import tiny_spec
+
+    return ModelRunner(
+        EngineConfig(
+            model=tiny_spec(family),
+            device="cuda",
+            dtype=dtype,
+            block_size=16,
+            num_kv_blocks=64,
+            max_num_seqs=8,
+            cuda_graphs=graphs,
+            attention_backend=backend,
+            seed=5,
+        )
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_engine_on_gpu_matches_dense_reference_with_graphs(family: str) -> None:
+    from engine.reference import dense_logits
+    from engine.testing import StepDriver, make_seq
+    from engine.weights import hf_state_dict_of
+
+    r = _gpu_runner(family, graphs=True)
+    assert r.graphs is not None
+    sd = hf_state_dict_of(r.model)
+    drv = StepDriver(r)
+    g = torch.Generator().manual_seed(0)
+    seqs = [make_seq(i, torch.randint(0, 101, (n,), generator=g).tolist()) for i, n in enumerate((40, 7, 23))]
+    drv.step([(s, s.num_tokens) for s in seqs])
+    for step in range(20):  # decode-only steps run through the bucket-4 graph with one padded row
+        live = seqs if step < 10 else seqs[:1]  # then a batch of 1 through the bucket-1 graph
+        for s in live:
+            drv.append(s, (step * 7 + s.id) % 101)
+        got = drv.step([(s, 1) for s in live])
+        want = torch.stack([dense_logits(r.spec, sd, s.token_ids)[-1] for s in live])
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_graphs_and_eager_and_torch_backend_generate_the_same() -> None:
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling import SamplingParams
+    from engine.testing import tiny_spec
+
+    outs = []
+    for graphs, backend in ((True, "triton"), (False, "triton"), (False, "torch")):
+        cfg = EngineConfig(
+            model=tiny_spec("qwen3"),
+            device="cuda",
+            dtype="float32",
+            block_size=16,
+            num_kv_blocks=64,
+            max_num_seqs=8,
+            max_num_batched_tokens=32,
+            cuda_graphs=graphs,
+            attention_backend=backend,
+            seed=5,
+        )
+        eng = LLMEngine(cfg)
+        g = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(1, 101, (n,), generator=g).tolist() for n in (5, 50, 17, 33, 2)]
+        res = eng.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
+        outs.append([o.output_token_ids for o in res])
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_memory_based_kv_sizing_on_gpu() -> None:
+    from engine.config import EngineConfig
+    from engine.model_runner import ModelRunner
+    from engine.testing import tiny_spec
+
+    r = ModelRunner(
+        EngineConfig(
+            model=tiny_spec("llama"),
+            device="cuda",
+            gpu_memory_utilization=0.05,
+            max_num_seqs=4,
+            cuda_graphs=False,
+        )
+    )
+    free, total = torch.cuda.mem_get_info()
+    assert r.num_blocks > 100
+    assert r.kv.nbytes <= 0.05 * total
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_ops_match_unfused_pytorch(dtype) -> None:
+    from engine import triton_ops
+    from engine.attention import write_kv
+    from engine.model import MLP, RMSNorm, RotaryEmbedding
+    from engine.testing import tiny_spec
+
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(shape, generator=g, device="cuda").to(dtype)
+
+    norm = RMSNorm(96, 1e-5).cuda().to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(rnd(96))
+    x, res = rnd(7, 96), rnd(7, 96)
+    want_out, want_res = norm.add_forward(x, res.clone())
+    norm.fused = True
+    got_res = res.clone()
+    got_out, _ = norm.add_forward(x, got_res)
+    torch.testing.assert_close(got_out, want_out, **tol)
+    torch.testing.assert_close(got_res, want_res, **tol)
+    # per-head norm of a strided [T, H, D] view (Qwen3 q/k norm on a slice of the qkv output)
+    qkv = rnd(5, 3 * 4 * 32)
+    qv = qkv[:, : 4 * 32].view(5, 4, 32)
+    hn = RMSNorm(32, 1e-6).cuda().to(dtype)
+    want = hn(qv)
+    hn.fused = True
+    torch.testing.assert_close(hn(qv), want, **tol)
+
+    spec = tiny_spec("llama", head_dim=32)
+    rot = RotaryEmbedding(spec, 300).cuda()
+    q, k = rnd(9, 4, 32), rnd(9, 2, 32)
+    pos = torch.tensor([0, 1, 5, 63, 64, 65, 200, 299, 7], device="cuda")
+    wq, wk = rot(pos, q.clone(), k.clone())
+    rot.fused = True
+    gq, gk = rot(pos, q.clone(), k.clone())
+    torch.testing.assert_close(gq, wq, **tol)
+    torch.testing.assert_close(gk, wk, **tol)
+
+    mlp = MLP(spec).cuda().to(dtype)
+    h = rnd(6, 64)
+    with torch.no_grad():
+        want = mlp(h)
+        mlp.fused = True
+        torch.testing.assert_close(mlp(h), want, **tol)
+
+    kv_shape = (5, 16, 2, 32)
+    kc, vc = (
+        torch.zeros(kv_shape, device="cuda", dtype=dtype),
+        torch.zeros(kv_shape, device="cuda", dtype=dtype),
+    )
+    kc2, vc2 = kc.clone(), vc.clone()
+    kk = rnd(4, 3 * 2 * 32)[:, :64].view(4, 2, 32)  # strided views, as sliced from qkv
+    vv = rnd(4, 3 * 2 * 32)[:, 64:128].view(4, 2, 32)
+    slots = torch.tensor([3, 17, 40, 79], device="cuda")
+    write_kv(kk, vv, kc, vc, slots)
+    triton_ops.store_kv(kk, vv, kc2, vc2, slots)
+    assert torch.equal(kc, kc2) and torch.equal(vc, vc2)
