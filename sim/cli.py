@@ -1,4 +1,4 @@
-"""`sagellm`: the workbench's command line (simulate, trace, report; replay on the engine)."""
+"""`sagellm`: the workbench's command line: simulate, replay (real engine), trace, report."""
 
 from __future__ import annotations
 
@@ -112,6 +112,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Serve a trace on the real engine; the result files match the simulator's."""
+    from benchmarks.metrics import compute_metrics, format_metrics
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    trace = _load_trace(args)
+    cfg = EngineConfig(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        num_kv_blocks=args.num_kv_blocks,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+        cuda_graphs=not args.no_cuda_graphs,
+        seed=args.seed,
+    )
+    engine = LLMEngine(cfg, scheduler=args.scheduler, enable_chunked_prefill=not args.no_chunked_prefill)
+    result = engine.replay(trace, seed=args.seed, time_limit=args.horizon)
+    result.meta["name"] = args.name or Path(args.out).name
+    result.metrics = compute_metrics(result, _slo(args))
+    out = result.write(args.out)
+    print(format_metrics(result.metrics))
+    print(f"served {len(trace)} requests on {result.meta['device']} in {result.meta['wall_seconds']:.1f} s; "
+          f"results in {out}/")
+    if args.report:
+        from benchmarks.report import write_report
+
+        print(f"report: {write_report([result], args.report, png_dir=args.png)}")
+    return 0
+
+
 def cmd_trace_stats(args: argparse.Namespace) -> int:
     from traces.loaders import load_trace
     from traces.stats import format_stats, plot_stats, trace_stats
@@ -149,6 +185,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--png", help="with --report: also export PNGs into this folder")
     _add_slo_args(s)
     s.set_defaults(func=cmd_simulate)
+
+    e = sub.add_parser("replay", help="serve a trace on the real engine (same result files as simulate)")
+    e.add_argument("--engine", action="store_true", help="(the default and only executor: the real engine)")
+    _add_trace_args(e)
+    e.add_argument("--model", default="llama-3.1-8b",
+                   help="Hugging Face model directory, .gguf file, or catalog name (random weights)")
+    e.add_argument("--device", default="cuda", help="cuda | cpu | npu")
+    e.add_argument("--dtype", default="auto")
+    e.add_argument("--scheduler", default="fcfs")
+    e.add_argument("--block-size", type=int, default=16)
+    e.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    e.add_argument("--num-kv-blocks", type=int, help="explicit KV pool size (default: from free memory)")
+    e.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    e.add_argument("--max-num-seqs", type=int, default=256)
+    e.add_argument("--max-model-len", type=int)
+    e.add_argument("--no-prefix-caching", action="store_true")
+    e.add_argument("--no-chunked-prefill", action="store_true")
+    e.add_argument("--no-cuda-graphs", action="store_true")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--horizon", type=float, help="stop serving after this many seconds of trace time")
+    e.add_argument("--out", default="runs/engine")
+    e.add_argument("--name")
+    e.add_argument("--report")
+    e.add_argument("--png")
+    _add_slo_args(e)
+    e.set_defaults(func=cmd_replay)
 
     t = sub.add_parser("trace", help="trace tools")
     tsub = t.add_subparsers(dest="trace_command", required=True)
