@@ -92,29 +92,34 @@ def _config(args: argparse.Namespace) -> SimConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from benchmarks.metrics import compute_metrics, format_metrics
     from sim.simulator import simulate
 
     cfg = _config(args)
     trace = _load_trace(args)
     result = simulate(trace, cfg)
+    wall = result.meta["wall_seconds"]
+    return _save_run(result, args, f"simulated {len(trace)} requests in {wall:.2f} s wall "
+                                   f"({len(trace) / max(wall, 1e-9):,.0f} req/s)")
+
+
+def _save_run(result, args: argparse.Namespace, what: str) -> int:
+    """Name the run, compute its metrics, write its files (and report), print a summary."""
+    from benchmarks.metrics import compute_metrics, format_metrics
+
     result.meta["name"] = args.name or Path(args.out).name
     result.metrics = compute_metrics(result, _slo(args))
     out = result.write(args.out)
     print(format_metrics(result.metrics))
-    print(f"simulated {len(trace)} requests in {result.meta['wall_seconds']:.2f} s wall "
-          f"({len(trace) / max(result.meta['wall_seconds'], 1e-9):,.0f} req/s); results in {out}/")
+    print(f"{what}; results in {out}/")
     if args.report:
         from benchmarks.report import write_report
 
-        html = write_report([result], args.report, png_dir=args.png)
-        print(f"report: {html}")
+        print(f"report: {write_report([result], args.report, png_dir=args.png)}")
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Serve a trace on the real engine; the result files match the simulator's."""
-    from benchmarks.metrics import compute_metrics, format_metrics
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
 
@@ -135,17 +140,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     engine = LLMEngine(cfg, scheduler=args.scheduler, enable_chunked_prefill=not args.no_chunked_prefill)
     result = engine.replay(trace, seed=args.seed, time_limit=args.horizon)
-    result.meta["name"] = args.name or Path(args.out).name
-    result.metrics = compute_metrics(result, _slo(args))
-    out = result.write(args.out)
-    print(format_metrics(result.metrics))
-    print(f"served {len(trace)} requests on {result.meta['device']} in {result.meta['wall_seconds']:.1f} s; "
-          f"results in {out}/")
-    if args.report:
-        from benchmarks.report import write_report
-
-        print(f"report: {write_report([result], args.report, png_dir=args.png)}")
-    return 0
+    return _save_run(result, args, f"served {len(trace)} requests on {result.meta['device']} "
+                                   f"in {result.meta['wall_seconds']:.1f} s")
 
 
 def cmd_trace_stats(args: argparse.Namespace) -> int:

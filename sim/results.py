@@ -247,16 +247,20 @@ class RunRecorder:
             if v is not None:
                 c[k][i] = v
 
-    def finish(self, seq) -> None:
+    def _progress(self, seq) -> int:
         i = seq.request.id
         self._request(i, seq.request, seq.replica)
         c = self.cols
         c["first_scheduled"][i] = seq.first_scheduled
         c["first_token"][i] = seq.first_token
-        c["finish"][i] = seq.finish
         c["output_tokens"][i] = seq.num_output_tokens
         c["cached_tokens"][i] = seq.num_cached_tokens
         c["preemptions"][i] = seq.num_preemptions
+        return i
+
+    def finish(self, seq) -> None:
+        i = self._progress(seq)
+        self.cols["finish"][i] = seq.finish
         self._status[i] = 1
 
     def reject(self, seq, reason: str) -> None:
@@ -267,14 +271,7 @@ class RunRecorder:
 
     def unfinished(self, seq) -> None:
         """A sequence still in flight when the run stopped (horizon reached)."""
-        i = seq.request.id
-        self._request(i, seq.request, seq.replica)
-        c = self.cols
-        c["first_scheduled"][i] = seq.first_scheduled
-        c["first_token"][i] = seq.first_token
-        c["output_tokens"][i] = seq.num_output_tokens
-        c["cached_tokens"][i] = seq.num_cached_tokens
-        c["preemptions"][i] = seq.num_preemptions
+        self._progress(seq)
 
     def iteration(self, row: tuple) -> None:
         if self.record_iterations:
