@@ -85,18 +85,6 @@ class DecoderSpec:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def num_params(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
-        h, i = self.hidden_size, self.intermediate_size
-        attn = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
-        if self.qkv_bias:
-            attn += self.q_size + 2 * self.kv_size
-        if self.qk_norm:
-            attn += 2 * self.head_dim
-        layer = attn + 3 * h * i + 2 * h
-        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * layer + emb + h
-
 
 def _need(cfg: dict[str, Any], key: str, where: str) -> Any:
     if key not in cfg:
