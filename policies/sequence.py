@@ -74,15 +74,6 @@ class Sequence:
     def num_uncomputed(self) -> int:
         return self.request.prompt_len + self.num_output_tokens - self.num_computed_tokens
 
-    @property
-    def is_decode(self) -> bool:
-        """True when the only uncomputed token is the last sampled one."""
-        return self.num_output_tokens > 0 and self.num_uncomputed == 1
-
-    @property
-    def remaining_output(self) -> int:
-        return self.request.output_len - self.num_output_tokens
-
     def block_hash(self, i: int, block_size: int) -> int | None:
         """Chained hash of full block i, or None when that block's content has no identity.
 

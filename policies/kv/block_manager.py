@@ -55,15 +55,6 @@ class BlockManager:
     def num_used_blocks(self) -> int:
         return self.num_blocks - self.num_free_blocks
 
-    @property
-    def usage(self) -> float:
-        return self.num_used_blocks / self.num_blocks
-
-    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
-        """Extra blocks `seq` needs to hold `num_new_tokens` more computed tokens."""
-        total = seq.num_computed_tokens + num_new_tokens
-        return max(0, -(-total // self.block_size) - len(seq.block_table))
-
     def lookup(self, seq: Sequence) -> list[int]:
         """Cached blocks that hold `seq`'s leading full blocks (no state change).
 
