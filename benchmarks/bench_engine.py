@@ -93,22 +93,51 @@ def decode_batch1(eng: LLMEngine, prompt_len: int = 512, steps: int = 256) -> di
         step(1)
     dt = time.perf_counter() - t
     ctx = prompt_len + 8 + steps / 2
-    kv.free(seq)
-    return {
+    out = {
         "tokens_per_s": steps / dt,
         "ms_per_token": 1e3 * dt / steps,
         "mean_context": ctx,
         "cuda_graphs": runner.graphs is not None,
     }
+    g = runner.graphs
+    if g is not None:  # device time of the step alone (inputs of the last step staged): the rest is host
+        graph = g.graphs[1][0]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        out["graph_replay_ms"] = start.elapsed_time(end) / 50
+        out["host_overhead_ms"] = out["ms_per_token"] - out["graph_replay_ms"]
+    kv.free(seq)
+    return out
 
 
 def throughput(eng: LLMEngine, batch: int, prompt_len: int = 512, out_len: int = 128) -> dict:
+    """All `batch` requests submitted at once; every one runs concurrently (max_num_seqs >= batch)
+    and the prefill token budget takes many prompts per step."""
+    if eng.sched_config.max_num_seqs < batch:
+        raise ValueError(f"max_num_seqs={eng.sched_config.max_num_seqs} < batch {batch}")
     prompts = _prompts(batch, prompt_len, eng.spec.vocab_size, batch)
     sp = SamplingParams(max_tokens=out_len, ignore_eos=True)
     eng.generate(prompts[: min(batch, 4)], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+    runner = eng.runner
+    steps: list[tuple[int, int, float]] = []  # (sequences, new tokens, seconds) of each step
+    execute = runner.execute
+
+    def timed(batch_):
+        toks = execute(batch_)
+        steps.append((len(batch_.seqs), batch_.num_tokens, runner.last_step_seconds))
+        return toks
+
+    runner.execute = timed  # type: ignore[method-assign]
     _sync()
     t = time.perf_counter()
-    outs = eng.generate(prompts, sp)
+    try:
+        outs = eng.generate(prompts, sp)
+    finally:
+        del runner.execute
     _sync()
     dt = time.perf_counter() - t
     n_out = sum(len(o.output_token_ids) for o in outs)
@@ -120,20 +149,56 @@ def throughput(eng: LLMEngine, batch: int, prompt_len: int = 512, out_len: int =
         "seconds": dt,
         "output_tokens_per_s": n_out / dt,
         "total_tokens_per_s": (n_out + batch * prompt_len) / dt,
+        # where the time went: steps that computed prompt tokens vs pure decode steps, and the
+        # host time between steps (scheduler, bookkeeping) that no step accounts for
+        "num_steps": len(steps),
+        "prefill_steps_seconds": sum(x for b_, n, x in steps if n > b_),
+        "decode_steps": sum(1 for b_, n, _ in steps if n == b_),
+        "decode_steps_seconds": sum(x for b_, n, x in steps if n == b_),
+        "max_concurrent_seqs": max(b_ for b_, _, _ in steps),
+        "outside_steps_seconds": dt - sum(x for _, _, x in steps),
     }
 
 
-def prefill_flops(spec: DecoderSpec, lens: list[int]) -> float:
+def prefill_flops(spec: DecoderSpec, num_params: int, lens: list[int]) -> float:
     """Model FLOPs of one prefill step: 2 * (non-embedding params) per token, causal attention
-    (QK^T and PV over the lower triangle), and the LM head for one row per sequence."""
-    per_token = spec.num_params() - spec.vocab_size * spec.hidden_size * (
-        1 if spec.tie_word_embeddings else 2
-    )
+    (QK^T and PV over the lower triangle), and the LM head for one row per sequence.
+    `num_params` counts all parameters (embeddings and LM head included)."""
+    per_token = num_params - spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)
     tokens = sum(lens)
     dense = 2 * per_token * tokens
     attn = sum(2 * 2 * spec.num_layers * spec.num_heads * spec.head_dim * n * (n + 1) / 2 for n in lens)
     head = 2 * spec.hidden_size * spec.vocab_size * len(lens)
     return dense + attn + head
+
+
+def throughput_floor(
+    spec: DecoderSpec,
+    num_params: int,
+    step_weight_bytes: float,
+    bw: float,
+    tflops: float,
+    batch: int,
+    plen: int,
+    olen: int,
+) -> dict:
+    """Lower bound on the offline throughput run on this card: every prompt's FLOPs at the measured
+    matmul rate, plus olen - 1 decode steps that each read all weights and the batch's KV at the
+    measured copy bandwidth (no overlap between the two, which is what the FCFS schedule does:
+    all prompts are admitted in the first steps)."""
+    prefill = prefill_flops(spec, num_params, [plen] * batch) / (tflops * 1e12)
+    kv_tok = 2 * spec.num_layers * spec.kv_size * 2
+    decode = sum(step_weight_bytes + batch * (plen + i) * kv_tok for i in range(1, olen)) / bw
+    return {
+        "prefill_seconds": prefill,
+        "decode_seconds": decode,
+        "seconds": prefill + decode,
+        "output_tokens_per_s": batch * olen / (prefill + decode),
+    }
+
+
+def _num_params(eng: LLMEngine) -> int:
+    return sum(p.numel() for p in eng.runner.model.parameters())
 
 
 def prefill_step(eng: LLMEngine, num_seqs: int = 8, length: int = 2048, reps: int = 5) -> dict:
@@ -154,7 +219,7 @@ def prefill_step(eng: LLMEngine, num_seqs: int = 8, length: int = 2048, reps: in
         if r:  # the first repetition is warm-up (Triton compilation)
             times.append(time.perf_counter() - t)
     dt = min(times)
-    fl = prefill_flops(eng.spec, [length] * num_seqs)
+    fl = prefill_flops(eng.spec, _num_params(eng), [length] * num_seqs)
     return {
         "num_seqs": num_seqs,
         "length": length,
@@ -276,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     res["num_kv_blocks"] = r.num_blocks
     res["kv_plan"] = r.kv_plan.reason
     res["weight_GB"] = r.weight_bytes / 1e9
+    if r.graphs is not None:
+        res["decode_graphs"] = {"buckets": r.graphs.buckets, **r.graphs.info}
     print("engine ready", res["engine_setup_seconds"], r.num_blocks, flush=True)
 
     # Bytes one decode step reads: every weight but the input embedding table (one row of it is
@@ -298,6 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     print("prefill", p, flush=True)
 
     res["throughput"] = [throughput(eng, b) for b in (64, 256)]
+    for t in res["throughput"]:
+        t["floor"] = throughput_floor(
+            spec,
+            _num_params(eng),
+            step_weight_bytes,
+            res["hbm_copy_GBps"] * 1e9,
+            res["matmul_8192_bf16_tflops"],
+            t["batch"],
+            t["prompt_len"],
+            t["output_len"],
+        )
     print("throughput", res["throughput"], flush=True)
     del eng, r
     torch.cuda.empty_cache()
@@ -309,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a baseline failure must not lose the engine numbers
             res["transformers"] = {"error": f"{type(e).__name__}: {e}"}
         print("transformers", res["transformers"], flush=True)
+        base = res["transformers"].get("batch64_512in_128out", {}).get("output_tokens_per_s")
+        if base:
+            t64 = next(t for t in res["throughput"] if t["batch"] == 64)
+            res["batch64_speedup_vs_transformers"] = t64["output_tokens_per_s"] / base
+            res["batch64_floor_speedup_vs_transformers"] = t64["floor"]["output_tokens_per_s"] / base
 
     out = Path(args.out or f"benchmarks/results/engine_{card_slug(card)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

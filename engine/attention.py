@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +41,9 @@ class AttentionMetadata:
     max_q_len: int
     max_context_len: int
     num_splits: int = 1  # split-KV parts for the Triton decode kernel (set by its prepare)
+    # Batch-1 CUDA graphs: projections planned for split-K GEMV return partial sums that the next
+    # kernel reduces (engine/model.py `_project`, engine/triton_splitk.py).
+    split_gemv: bool = False
     # Backend-specific launch data (e.g. the Triton q-tile -> sequence map), filled by the backend.
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -82,8 +86,13 @@ def build_metadata(
             raise ValueError(
                 f"sequence {b}: {len(table)} blocks of {block_size} cannot hold {ctx} tokens of context"
             )
-        for pos in range(ctx - n, ctx):
-            slots.append(table[pos // block_size] * block_size + pos % block_size)
+        if n <= 16:
+            for pos in range(ctx - n, ctx):
+                slots.append(table[pos // block_size] * block_size + pos % block_size)
+        else:  # long prefills: vectorized (a Python loop costs ~0.3 us a token)
+            pos = np.arange(ctx - n, ctx)
+            slots.extend((np.asarray(table, dtype=np.int64)[pos // block_size] * block_size
+                          + pos % block_size).tolist())  # fmt: skip
         cu.append(cu[-1] + n)
     max_blocks = max((len(t) for t in block_tables), default=1) or 1
     padded = [t + [pad_block] * (max_blocks - len(t)) for t in block_tables]

@@ -29,6 +29,10 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's max_position_embeddings, capped at 32768
     enable_prefix_caching: bool = True
     cuda_graphs: bool = True  # capture decode-only steps (CUDA only; ignored elsewhere)
+    # Batch-1 decode graph's GEMVs (engine/cuda_graphs.py): "auto" captures cuBLAS and split-K
+    # variants and keeps the fastest; "cublas", "split" (engine/triton_splitk.py, every split
+    # forced) and "fused" (engine/triton_gemv.py) force one.
+    decode_gemv: str = "auto"
     attention_backend: str = "auto"  # "auto" (Triton on CUDA, else torch) | "torch" | "triton"
     seed: int = 0
 
@@ -52,6 +56,11 @@ class EngineConfig:
             )
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"EngineConfig.max_model_len must be >= 1, got {self.max_model_len}")
+        if self.decode_gemv not in ("auto", "cublas", "split", "fused"):
+            raise ValueError(
+                "EngineConfig.decode_gemv must be 'auto', 'cublas', 'split' or 'fused', "
+                f"got {self.decode_gemv!r}"
+            )
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(
                 "EngineConfig.attention_backend must be 'auto', 'torch' or 'triton', "

@@ -1,12 +1,29 @@
-"""CUDA graphs for decode-only steps, one per bucketed batch size.
+"""CUDA graphs for decode-only steps, one per bucketed batch size, from token ids to sampled ids.
 
-A decode step of a small model is a few hundred tiny kernel launches whose CPU-side cost
-exceeds their GPU time; replaying a captured graph removes it (the approach of vLLM and
-gpt-fast). Graphs need fixed shapes and addresses, so each bucket owns slices of static input
-buffers; a batch of b sequences runs in the smallest bucket >= b with the remaining rows
-padded: they read and write only the KV cache's scratch block and their outputs are dropped.
-The attention launch inside the graph uses the worst-case split count for its bucket, which
-is safe because each program derives its key range from the context length it reads.
+A decode step of a large model is a few hundred small launches and a small model's is nothing
+but launches; replaying a captured graph removes their CPU cost (the approach of vLLM and
+gpt-fast). Each graph covers the whole step: the decoder, the LM head and the greedy argmax,
+so what crosses the bus per step is one host-to-device copy of the step's inputs and one
+device-to-host copy of the sampled ids (as in nano-vllm, where only the sampler's output comes
+back). Non-greedy rows sample on the host side from the graph's logits.
+
+Inputs live in one packed int32 device buffer, [ids | positions | slots | context lens] (each
+`max bucket` long) followed by the block tables [max bucket, max blocks]; the host fills a
+pinned mirror and sends the prefix the step uses in a single non-blocking copy. Two mirrors
+alternate so the host never writes a buffer a copy may still be reading.
+
+Graphs need fixed shapes and addresses: a batch of b sequences runs in the smallest bucket >= b
+with the remaining rows padded; they read and write only the KV cache's scratch block and their
+outputs are dropped. The attention launch inside the graph uses the worst-case split count for
+its bucket, which is safe because each program derives its key range from the context length
+it reads.
+
+At batch 1 every projection is a bandwidth-bound GEMV, and cuBLAS leaves bandwidth unused on the
+narrower ones, so the batch-1 graph has variants: "cublas"; "split", where the projections that
+the timing plan gave to the split-K kernel of engine/triton_splitk.py use it; "split-attn", the
+split for qkv and o only; and "fused" (engine/triton_gemv.py, each norm fused into its GEMV; slower
+than cuBLAS on an H200, kept as an option). With gemv="auto" the first three (those the plan makes
+distinct) are captured, replayed and timed, and the fastest is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +33,9 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
+from policies.sequence import Sequence
+
+GEMV_MODES = ("auto", "cublas", "split", "fused")
 
 
 def decode_buckets(max_batch: int) -> list[int]:
@@ -28,31 +48,88 @@ def decode_buckets(max_batch: int) -> list[int]:
     return [b for b in sizes if b < max_batch] + [next(b for b in sizes if b >= max_batch)]
 
 
+def _replay_ms(g: torch.cuda.CUDAGraph, reps: int = 20) -> float:
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        g.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 class DecodeGraphs:
-    def __init__(self, model: DecoderModel, kv: KVCache, backend, max_model_len: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        model: DecoderModel,
+        kv: KVCache,
+        backend,
+        max_model_len: int,
+        max_batch: int,
+        gemv: str = "auto",
+    ) -> None:
+        if gemv not in GEMV_MODES:
+            raise ValueError(f"DecodeGraphs gemv must be one of {GEMV_MODES}, got {gemv!r}")
         self.model = model
         self.kv = kv
         self.backend = backend
-        self.buckets = decode_buckets(max_batch)
-        big = self.buckets[-1]
         dev = kv.k.device
-        bs = kv.block_size
-        self.max_blocks = -(-max_model_len // bs)
-        scratch = kv.scratch_block
-        self.scratch_slot = scratch * bs
-        self.input_ids = torch.zeros(big, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(big, dtype=torch.int64, device=dev)
-        self.slots = torch.full((big,), self.scratch_slot, dtype=torch.int64, device=dev)
-        self.ctx = torch.ones(big, dtype=torch.int32, device=dev)
-        self.tables = torch.full((big, self.max_blocks), scratch, dtype=torch.int32, device=dev)
-        self.cu = torch.arange(big + 1, dtype=torch.int32, device=dev)
-        self.tile_seq = torch.arange(big, dtype=torch.int32, device=dev)
-        self.tile_q = torch.zeros(big, dtype=torch.int32, device=dev)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.max_model_len = max_model_len
-        self._capture()
+        self.stage_inputs(decode_buckets(max_batch), kv.block_size, kv.scratch_block, max_model_len, dev)
+        self.cu = torch.arange(self.big + 1, dtype=torch.int32, device=dev)
+        self.tile_seq = torch.arange(self.big, dtype=torch.int32, device=dev)
+        self.tile_q = torch.zeros(self.big, dtype=torch.int32, device=dev)
+        self._done = torch.cuda.Event()
+        # bucket -> (graph, logits [bucket, vocab], argmax ids [bucket])
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.info: dict = {}  # choices and timings made while capturing, for benchmark records
+        self._capture(gemv)
 
-    def _meta(self, b: int) -> AttentionMetadata:
+    def stage_inputs(
+        self,
+        buckets: list[int],
+        block_size: int,
+        scratch_block: int,
+        max_model_len: int,
+        device: torch.device,
+        pin: bool = True,
+    ) -> None:
+        """Allocate the packed input buffer and its host mirrors (pin=False: CPU tests of `load`)."""
+        self.buckets = buckets
+        big = buckets[-1]
+        self.big = big
+        self.bucket_of = [0] * (big + 1)  # batch size -> bucket
+        for b in range(1, big + 1):
+            self.bucket_of[b] = next(s for s in buckets if s >= b)
+        bs = block_size
+        self.block_size = bs
+        self.max_model_len = max_model_len
+        self.max_blocks = -(-max_model_len // bs)
+        self.scratch_block = scratch_block
+        self.scratch_slot = scratch_block * bs
+        self._hdr = 4 * big
+        total = self._hdr + big * self.max_blocks
+        init = torch.empty(total, dtype=torch.int32)
+        init[: 2 * big] = 0  # token 0 at position 0 ...
+        init[2 * big : 3 * big] = self.scratch_slot  # ... written to the scratch block ...
+        init[3 * big : 4 * big] = 1  # ... with a context of one key
+        init[self._hdr :] = scratch_block
+        self.buf = init.to(device, copy=True)
+        self._host = [init.clone().pin_memory() if pin else init.clone() for _ in range(2)]
+        self._np = [h.numpy() for h in self._host]
+        self._tab = [a[self._hdr :].reshape(big, self.max_blocks) for a in self._np]
+        self._flip = 0
+        self.input_ids = self.buf[0:big]
+        self.positions = self.buf[big : 2 * big]
+        self.slots = self.buf[2 * big : 3 * big]
+        self.ctx = self.buf[3 * big : 4 * big]
+        self.tables = self.buf[self._hdr :].view(big, self.max_blocks)
+        self.tokens_host = torch.empty(big, dtype=torch.int64)
+        if pin:
+            self.tokens_host = self.tokens_host.pin_memory()
+
+    def _meta(self, b: int, split: bool = False) -> AttentionMetadata:
         return AttentionMetadata(
             slot_mapping=self.slots[:b],
             cu_seqlens_q=self.cu[: b + 1],
@@ -60,51 +137,147 @@ class DecodeGraphs:
             block_tables=self.tables[:b],
             q_lens=[1] * b,
             context_lens_host=[1] * b,
-            block_tables_host=[[self.kv.scratch_block]] * b,
+            block_tables_host=[[self.scratch_block]] * b,
             max_q_len=1,
             max_context_len=self.max_model_len,
             num_splits=self.backend.num_splits(b, self.max_model_len),
             extra={"tile_seq": self.tile_seq[:b], "tile_q": self.tile_q[:b]},
+            split_gemv=split,
         )
+
+    def _forward(self, b: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+        meta = self._meta(b, split=variant.startswith("split"))
+        ids, pos = self.input_ids[:b], self.positions[:b]
+        if variant == "fused":
+            logits = self.model.decode_logits_gemv(ids, pos, meta)
+        else:
+            if variant == "split":
+                self.model.apply_decode_split()
+            elif variant == "split-attn":
+                self.model.apply_decode_split(("qkv", "o"))
+            logits = self.model.compute_logits(self.model(ids, pos, meta))
+        return logits, logits.argmax(dim=-1)
+
+    def _batch1_variants(self, gemv: str) -> list[str]:
+        """Graph variants to capture at batch 1 (timing picks one), tuning their kernels first."""
+        if gemv == "cublas":
+            return ["cublas"]
+        if gemv == "fused":
+            self.info["gemv_tuning_ms"] = self.model.tune_decode_gemv()
+            return ["fused"]
+        plan = self.model.plan_decode_split(force=gemv == "split")
+        self.info["split_plan"] = plan
+        if gemv == "split":
+            return ["split"]
+        chosen = {k for k, v in plan.items() if v["chosen"] != "cublas"}
+        variants = ["cublas"]
+        if chosen:
+            variants.append("split")
+        if chosen & {"qkv", "o"} and chosen - {"qkv", "o"}:
+            variants.append("split-attn")
+        return variants
 
     @torch.inference_mode()
-    def _capture(self) -> None:
+    def _capture(self, gemv: str) -> None:
         pool = None
         for b in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
-            meta = self._meta(b)
-            self.model(self.input_ids[:b], self.positions[:b], meta)  # warm up (Triton compiles here)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                out = self.model(self.input_ids[:b], self.positions[:b], meta)
-            pool = g.pool()
-            self.graphs[b] = (g, out)
+            variants = self._batch1_variants(gemv) if b == 1 else ["cublas"]
+            captured = []
+            for variant in variants:
+                self._forward(b, variant)  # warm up (Triton compiles here)
+                torch.cuda.synchronize()
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool):
+                    logits, tokens = self._forward(b, variant)
+                pool = g.pool()
+                captured.append((variant, g, logits, tokens))
+            if b == 1:
+                times = {v: _replay_ms(g) for v, g, _, _ in captured}
+                self.info["batch1_graph_ms_ctx1"] = times
+                variant, g, logits, tokens = min(captured, key=lambda c: times[c[0]])
+                self.info["batch1_variant"] = variant
+            else:
+                _, g, logits, tokens = captured[0]
+            self.graphs[b] = (g, logits, tokens)
+        self.model.apply_decode_split(())  # eager steps never split; leave the modules clean
         torch.cuda.synchronize()
 
-    def can_run(self, meta: AttentionMetadata) -> bool:
-        return (
-            meta.is_decode_only
-            and meta.num_seqs <= self.buckets[-1]
-            and meta.block_tables.shape[1] <= self.max_blocks
-        )
+    # -- per step ------------------------------------------------------------------------------
+    def accepts(self, num_new_tokens: list[int]) -> bool:
+        """A step runs here when every sequence computes exactly one token and a bucket fits it."""
+        n = len(num_new_tokens)
+        return 0 < n <= self.big and sum(num_new_tokens) == n
 
-    def run(self, inp) -> torch.Tensor:
-        """Replay the bucket for `inp` (a decode-only StepInputs); returns hidden states [b, hidden]."""
-        meta = inp.meta
-        b = meta.num_seqs
-        size = next(s for s in self.buckets if s >= b)
-        g, out = self.graphs[size]
-        self.input_ids[:b].copy_(inp.input_ids, non_blocking=True)
-        self.positions[:b].copy_(inp.positions, non_blocking=True)
-        self.slots[:b].copy_(meta.slot_mapping, non_blocking=True)
-        self.ctx[:b].copy_(meta.context_lens, non_blocking=True)
-        w = meta.block_tables.shape[1]
-        self.tables[:b, :w].copy_(meta.block_tables, non_blocking=True)
+    def load(self, seqs: list[Sequence]) -> tuple[int, list[int] | None]:
+        """Stage one decode step's inputs and send them to the device.
+
+        Returns (bucket, rows that sample), rows None when every row samples (the usual case).
+        """
+        b = len(seqs)
+        size = self.bucket_of[b]
+        self._flip ^= 1
+        h = self._np[self._flip]
+        tab = self._tab[self._flip]
+        bs = self.block_size
+        maxb = self.max_blocks
+        limit = self.max_model_len
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        sample: list[int] | None = None
+        width = 1
+        for i, seq in enumerate(seqs):
+            c = seq.num_computed_tokens
+            toks = seq.token_ids
+            bt = seq.block_table
+            if toks is None or c >= len(toks) or c >= limit or c // bs >= len(bt):
+                raise ValueError(
+                    f"sequence {seq.id}: cannot decode position {c} (token ids: "
+                    f"{None if toks is None else len(toks)}, max_model_len={limit}, "
+                    f"KV blocks: {len(bt)} of {bs})"
+                )
+            ids.append(toks[c])
+            pos.append(c)
+            slots.append(bt[c // bs] * bs + c % bs)
+            nb = len(bt)
+            if nb > maxb:  # blocks past max_model_len are never read
+                nb = maxb
+                bt = bt[:maxb]
+            tab[i, :nb] = bt
+            if nb > width:
+                width = nb
+            if c + 1 != len(toks):  # a one-token prefill chunk that does not end its prompt
+                if sample is None:
+                    sample = list(range(i))
+            elif sample is not None:
+                sample.append(i)
+        big = self.big
+        h[0:b] = ids
+        h[big : big + b] = pos
+        h[2 * big : 2 * big + b] = slots
+        ctx = h[3 * big : 3 * big + b]
+        ctx[:] = pos
+        ctx += 1
         if size > b:  # padding rows: token 0 at position 0, reading and writing the scratch block
-            self.input_ids[b:size].zero_()
-            self.positions[b:size].zero_()
-            self.slots[b:size].fill_(self.scratch_slot)
-            self.ctx[b:size].fill_(1)
-            self.tables[b:size, 0].fill_(self.kv.scratch_block)
+            h[b:size] = 0
+            h[big + b : big + size] = 0
+            h[2 * big + b : 2 * big + size] = self.scratch_slot
+            h[3 * big + b : 3 * big + size] = 1
+            tab[b:size, 0] = self.scratch_block
+        n = self._hdr + (size - 1) * maxb + width
+        self.buf[:n].copy_(self._host[self._flip][:n], non_blocking=True)
+        return size, sample
+
+    def replay(self, size: int, b: int) -> list[int]:
+        """Run bucket `size` on the staged inputs; returns the greedy ids of the first b rows."""
+        g, _, tokens = self.graphs[size]
         g.replay()
-        return out[:b]
+        out = self.tokens_host[:b]
+        out.copy_(tokens[:b], non_blocking=True)
+        self._done.record()
+        self._done.synchronize()
+        return out.tolist()
+
+    def logits(self, size: int) -> torch.Tensor:
+        """The logits [bucket, vocab] of the last replay of bucket `size` (valid until the next)."""
+        return self.graphs[size][1]

@@ -150,14 +150,15 @@ class LLMEngine:
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             if not prompt:
                 raise ValueError(f"prompt {i} is empty")
-            bad = [t for t in prompt if not 0 <= t < self.spec.vocab_size]
-            if bad:
+            if min(prompt) < 0 or max(prompt) >= self.spec.vocab_size:
+                bad = next(t for t in prompt if not 0 <= t < self.spec.vocab_size)
                 raise ValueError(
-                    f"prompt {i}: token id {bad[0]} outside the vocabulary (size {self.spec.vocab_size})"
+                    f"prompt {i}: token id {bad} outside the vocabulary (size {self.spec.vocab_size})"
                 )
             req = Request(id=i, arrival=0.0, prompt_len=len(prompt), output_len=p.max_tokens)
             seq = Sequence(req, token_ids=list(prompt))
-            runner.sampling[i] = p
+            if not p.greedy:  # greedy is the runner's default: only the others are looked up
+                runner.sampling[i] = p
             seqs.append(seq)
             core.add(seq, 0.0)
         now = 0.0

@@ -11,6 +11,7 @@ q/k/v and gate/up are stored merged so each is a single GEMM.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,26 @@ from torch import nn
 
 from engine.attention import AttentionBackend, AttentionMetadata
 from engine.model_spec import DecoderSpec
+
+
+@dataclass
+class Partials:
+    """Split-K partial sums [S, N] (float32) of a one-token projection (engine/triton_splitk.py),
+    left for the kernel that consumes the projection to reduce; `dtype` is the activation dtype
+    the sum stands for."""
+
+    data: torch.Tensor
+    dtype: torch.dtype
+
+
+def _project(lin: nn.Linear, x: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor | Partials:
+    """lin(x), or split-K partials in batch-1 graphs whose plan gave this projection a split."""
+    cfg = getattr(lin, "split_cfg", None)
+    if cfg is not None and meta is not None and meta.split_gemv and x.shape[0] == 1 and lin.bias is None:
+        from engine.triton_splitk import gemv_split
+
+        return Partials(gemv_split(lin.weight, x, cfg), x.dtype)
+    return lin(x)
 
 
 class RMSNorm(nn.Module):
@@ -43,8 +64,14 @@ class RMSNorm(nn.Module):
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(dtype)
 
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_forward(
+        self, x: torch.Tensor | Partials, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual); the fused path updates `residual` in place."""
+        if isinstance(x, Partials):
+            from engine.triton_splitk import add_rms_norm_parts
+
+            return add_rms_norm_parts(x.data, residual, self.weight, self.eps), residual
         if self.fused:
             from engine.triton_ops import rms_norm
 
@@ -134,9 +161,31 @@ class Attention(nn.Module):
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata, backend: AttentionBackend
+    ) -> torch.Tensor | Partials:
+        o = self.attend_qkv(positions, _project(self.qkv_proj, x, meta), meta, backend)
+        return _project(self.o_proj, o, meta)
+
+    def attend_qkv(
+        self,
+        positions: torch.Tensor,
+        qkv: torch.Tensor | Partials,
+        meta: AttentionMetadata,
+        backend: AttentionBackend,
     ) -> torch.Tensor:
-        t = x.shape[0]
-        qkv = self.qkv_proj(x)
+        """Attention output [T, q_size] from the merged projection [T, q + 2 kv]: QK-norm, rotary,
+        KV write and attention (the part between the qkv and o projections)."""
+        if self.k_cache is None or self.v_cache is None:
+            raise RuntimeError("attention layer has no KV cache bound; call DecoderModel.bind_kv_cache first")
+        if isinstance(qkv, Partials):  # one token, split-K qkv: one kernel sums, rotates and stores
+            from engine.triton_splitk import rope_store_kv_parts
+
+            q = rope_store_kv_parts(
+                qkv.data, self.num_heads, self.num_kv_heads, self.head_dim, positions, self.rotary.cos,
+                self.rotary.sin, self.k_cache, self.v_cache, meta.slot_mapping, qkv.dtype,
+            )  # fmt: skip
+            o = backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)  # type: ignore[attr-defined]
+            return o.reshape(1, self.q_size)
+        t = qkv.shape[0]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
@@ -144,11 +193,19 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:  # Qwen3: per-head RMSNorm before rope
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        if self.k_cache is None or self.v_cache is None:
-            raise RuntimeError("attention layer has no KV cache bound; call DecoderModel.bind_kv_cache first")
-        o = backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
-        return self.o_proj(o.reshape(t, self.q_size))
+        if self.rotary.fused and backend.name == "triton":
+            # One kernel rotates q and k and writes k/v to the pool (engine/triton_ops.py).
+            from engine.triton_ops import rope_store_kv_
+
+            rope_store_kv_(
+                q, k, v, positions, self.rotary.cos, self.rotary.sin, self.k_cache, self.v_cache,
+                meta.slot_mapping,
+            )  # fmt: skip
+            o = backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)  # type: ignore[attr-defined]
+        else:
+            q, k = self.rotary(positions, q, k)
+            o = backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        return o.reshape(t, self.q_size)
 
 
 class MLP(nn.Module):
@@ -161,14 +218,18 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = self.gate_up_proj(x)
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata | None = None) -> torch.Tensor | Partials:
+        gu = _project(self.gate_up_proj, x, meta)
+        if isinstance(gu, Partials):
+            from engine.triton_splitk import silu_and_mul_parts
+
+            return _project(self.down_proj, silu_and_mul_parts(gu.data, gu.dtype), meta)
         if self.fused:
             from engine.triton_ops import silu_and_mul
 
-            return self.down_proj(silu_and_mul(gu))
+            return _project(self.down_proj, silu_and_mul(gu), meta)
         gate, up = gu.split([self.intermediate, self.intermediate], dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return _project(self.down_proj, F.silu(gate) * up, meta)
 
 
 class DecoderLayer(nn.Module):
@@ -182,20 +243,21 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         positions: torch.Tensor,
-        x: torch.Tensor,
+        x: torch.Tensor | Partials,
         residual: torch.Tensor | None,
         meta: AttentionMetadata,
         backend: AttentionBackend,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | Partials, torch.Tensor]:
         """Pre-norm block in residual-stream form: takes and returns (branch output, residual)."""
         if residual is None:
+            assert isinstance(x, torch.Tensor)  # the first layer's input is the embedding
             residual = x
             h = self.input_layernorm(x)
         else:
             h, residual = self.input_layernorm.add_forward(x, residual)
         h = self.self_attn(positions, h, meta, backend)
         h, residual = self.post_attention_layernorm.add_forward(h, residual)
-        return self.mlp(h), residual
+        return self.mlp(h, meta), residual
 
 
 class DecoderModel(nn.Module):
@@ -229,13 +291,102 @@ class DecoderModel(nn.Module):
                 f"context of {meta.max_context_len} tokens exceeds the rotary table "
                 f"of {self.rotary.max_positions}"
             )
-        x = self.embed_tokens(input_ids)
+        x: torch.Tensor | Partials = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for layer in self.layers:
             x, residual = layer(positions, x, residual, meta, self.backend)
         if residual is None:
+            assert isinstance(x, torch.Tensor)
             return self.norm(x)
         return self.norm.add_forward(x, residual)[0]
+
+    @torch.no_grad()
+    def decode_logits_gemv(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """Logits [1, vocab] of a one-token step through the fused GEMV kernels of
+        engine/triton_gemv.py: each norm and the SiLU-and-multiply run inside the projection
+        that consumes them, so a layer is six launches (CUDA, batch-1 decode graphs)."""
+        from engine.triton_gemv import NORM, PLAIN, SILU, gemv
+
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"decode_logits_gemv computes one token, got {input_ids.shape[0]}")
+        x = self.embed_tokens(input_ids)
+        residual: torch.Tensor | None = None
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            ln = layer.input_layernorm
+            new_res = torch.empty_like(x) if residual is not None else None
+            qkv = gemv(
+                attn.qkv_proj.weight, x, mode=NORM, bias=attn.qkv_proj.bias, residual=residual,
+                norm_weight=ln.weight, eps=ln.eps, res_out=new_res,
+            )  # fmt: skip
+            residual = x if new_res is None else new_res
+            h = gemv(attn.o_proj.weight, attn.attend_qkv(positions, qkv, meta, self.backend), mode=PLAIN)
+            ln = layer.post_attention_layernorm
+            new_res = torch.empty_like(x)
+            gu = gemv(
+                mlp.gate_up_proj.weight, h, mode=NORM, residual=residual, norm_weight=ln.weight,
+                eps=ln.eps, res_out=new_res,
+            )  # fmt: skip
+            residual = new_res
+            x = gemv(mlp.down_proj.weight, gu, mode=SILU)
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        new_res = torch.empty_like(x) if residual is not None else None
+        return gemv(
+            head, x, mode=NORM, residual=residual, norm_weight=self.norm.weight, eps=self.norm.eps,
+            res_out=new_res,
+        )  # fmt: skip
+
+    def tune_decode_gemv(self) -> dict[str, dict[str, float]]:
+        """Choose launch shapes of the batch-1 GEMVs on this model's weights (see triton_gemv.tune);
+        returns the measured ms per pass over all layers, per projection and candidate."""
+        from engine.triton_gemv import NORM, PLAIN, SILU, tune
+
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        layers = list(self.layers)
+        return {
+            "qkv": tune([m.self_attn.qkv_proj.weight for m in layers], NORM, True),
+            "o": tune([m.self_attn.o_proj.weight for m in layers], PLAIN, False),
+            "gate_up": tune([m.mlp.gate_up_proj.weight for m in layers], NORM, True),
+            "down": tune([m.mlp.down_proj.weight for m in layers], SILU, False),
+            "lm_head": tune([head], NORM, True),
+        }
+
+    def _split_kinds(self) -> dict[str, list[nn.Linear]]:
+        layers = list(self.layers)
+        kinds: dict[str, list[nn.Linear]] = {}
+        if not self.spec.qk_norm and not self.spec.qkv_bias:  # the split rope kernel does neither
+            kinds["qkv"] = [m.self_attn.qkv_proj for m in layers]
+        kinds["o"] = [m.self_attn.o_proj for m in layers]
+        kinds["gate_up"] = [m.mlp.gate_up_proj for m in layers]
+        kinds["down"] = [m.mlp.down_proj for m in layers]
+        return kinds
+
+    def plan_decode_split(self, force: bool = False) -> dict:
+        """Choose, per projection kind, between cuBLAS and the split-K kernel of
+        engine/triton_splitk.py for batch-1 steps, timed on this model's weights (see its `tune`).
+        `force` takes the best split even where cuBLAS is faster (tests). Returns the timings and
+        choices per kind; `apply_decode_split` then marks the Linear modules."""
+        from engine.triton_splitk import tune
+
+        self._split_plan: dict = {}
+        report: dict = {}
+        for kind, mods in self._split_kinds().items():
+            cfg, times = tune([m.weight for m in mods])
+            use = force or times[cfg.name] < times["cublas"]
+            self._split_plan[kind] = cfg if use else None
+            report[kind] = {"chosen": cfg.name if use else "cublas", "ms_per_pass": times}
+        return report
+
+    def apply_decode_split(self, kinds: tuple[str, ...] | None = None) -> None:
+        """Give the planned split configs to the Linear modules of `kinds` (all planned kinds when
+        None) and clear the others; `_project` uses them in steps whose metadata says split_gemv."""
+        plan = getattr(self, "_split_plan", {})
+        for kind, mods in self._split_kinds().items():
+            cfg = plan.get(kind) if kinds is None or kind in kinds else None
+            for m in mods:
+                m.split_cfg = cfg  # type: ignore[assignment]
 
     def use_fused_ops(self, on: bool = True) -> None:
         """Route norms, rotary and SiLU-mul through the Triton kernels of engine/triton_ops.py (CUDA)."""

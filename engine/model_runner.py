@@ -114,13 +114,20 @@ class ModelRunner:
         self.kv = KVCache(self.spec, self.kv_plan.num_blocks, self.block_size, self.dtype, dev)
         self.model.bind_kv_cache(self.kv.k, self.kv.v)
         self.sampler = Sampler(dev, config.seed)
-        self.sampling: dict[int, SamplingParams] = {}  # request id -> params (default greedy)
+        # request id -> params of requests that do not decode greedily (absent = greedy, the
+        # common case, which then costs no lookup work per step)
+        self.sampling: dict[int, SamplingParams] = {}
         self.graphs = None
         if config.cuda_graphs and self.device.supports_graphs and self.backend.name == "triton":
             from engine.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(
-                self.model, self.kv, self.backend, self.max_model_len, max_batch=config.max_num_seqs
+                self.model,
+                self.kv,
+                self.backend,
+                self.max_model_len,
+                max_batch=config.max_num_seqs,
+                gemv=config.decode_gemv,
             )
         self.last_step_seconds = 0.0
 
@@ -172,8 +179,7 @@ class ModelRunner:
     # -- one step ----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward_hidden(self, inp: StepInputs) -> torch.Tensor:
-        if self.graphs is not None and self.graphs.can_run(inp.meta):
-            return self.graphs.run(inp)
+        """Eager forward pass (any step shape); returns final hidden states [T, hidden]."""
         self.backend.prepare(inp.meta)
         return self.model(inp.input_ids, inp.positions, inp.meta)
 
@@ -184,22 +190,55 @@ class ModelRunner:
         if batch.is_empty:
             self.last_step_seconds = 0.0
             return []
+        g = self.graphs
+        if g is not None and g.accepts(batch.num_new_tokens):
+            tokens = self._execute_graph(g, batch.seqs)
+        else:
+            tokens = self._execute_eager(batch)
+        self.last_step_seconds = time.perf_counter() - t0
+        return tokens
+
+    def _execute_graph(self, g, seqs: list[Sequence]) -> list[int]:
+        """Decode-only step: one H2D copy, one graph replay (model, LM head, argmax), one D2H copy."""
+        b = len(seqs)
+        size, rows = g.load(seqs)
+        tokens = g.replay(size, b)
+        if rows is not None:
+            tokens = [tokens[i] for i in rows]
+            seqs = [seqs[i] for i in rows]
+        if self.sampling:  # some requests sample: redraw their rows from the graph's logits
+            special = [(j, p) for j, s in enumerate(seqs) if (p := self.sampling.get(s.id)) and not p.greedy]
+            if special:
+                idx = [j if rows is None else rows[j] for j, _ in special]
+                sel = torch.tensor(idx, dtype=torch.int64, device=self.device.torch_device)
+                logits = g.logits(size).index_select(0, sel).float()
+                drawn = self.sampler.sample(logits, [p for _, p in special], [seqs[j].id for j, _ in special])
+                for (j, _), t in zip(special, drawn, strict=True):
+                    tokens[j] = t
+        return tokens
+
+    def _execute_eager(self, batch: ScheduledBatch) -> list[int]:
         inp = self.prepare(batch)
         hidden = self.forward_hidden(inp)
         if not inp.sample_rows:
             self.device.synchronize()
-            self.last_step_seconds = time.perf_counter() - t0
             return []
         rows = torch.tensor(inp.sample_rows, dtype=torch.int64, device=hidden.device)
-        logits = self.model.compute_logits(hidden.index_select(0, rows)).float()
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
         params = [self.sampling.get(s.id, GREEDY) for s in inp.sample_seqs]
-        tokens = self.sampler.sample(logits, params, [s.id for s in inp.sample_seqs])
-        self.last_step_seconds = time.perf_counter() - t0
-        return tokens
+        if all(p.greedy for p in params):  # argmax of the low-precision logits picks the same ids
+            return logits.argmax(dim=-1).tolist()
+        return self.sampler.sample(logits.float(), params, [s.id for s in inp.sample_seqs])
 
     @torch.inference_mode()
     def logits_of(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits of every computed token of the step ([T, vocab], float32), for tests."""
+        g = self.graphs
+        if g is not None and g.accepts(batch.num_new_tokens):
+            b = len(batch.seqs)
+            size, _ = g.load(batch.seqs)
+            g.replay(size, b)
+            return g.logits(size)[:b].to(torch.float32, copy=True)
         inp = self.prepare(batch)
         hidden = self.forward_hidden(inp)
         return self.model.compute_logits(hidden).float()

@@ -163,3 +163,69 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(1), k_cache.stride(2),
         HK=hk, H_PAD=_pow2(hk), D=d, D_PAD=_pow2(d),
     )  # fmt: skip
+
+
+@triton.jit
+def _rope_store_kernel(
+    q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_c, stride_cs, stride_ch,
+    HQ: tl.constexpr, HK: tl.constexpr, H_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0)
+    pos = tl.load(pos_ptr + t)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    d = tl.arange(0, HALF_PAD)
+    d_ok = d < HALF
+    c = tl.load(cos_ptr + pos * stride_c + d, mask=d_ok, other=0.0)[None, :]
+    s = tl.load(sin_ptr + pos * stride_c + d, mask=d_ok, other=0.0)[None, :]
+    h = tl.arange(0, H_PAD)[:, None]
+    m = (h < HQ) & d_ok[None, :]
+    p1 = q_ptr + t * stride_qt + h * stride_qh + d[None, :]
+    a = tl.load(p1, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(p1 + HALF, mask=m, other=0.0).to(tl.float32)
+    tl.store(p1, (a * c - b * s).to(q_ptr.dtype.element_ty), mask=m)
+    tl.store(p1 + HALF, (b * c + a * s).to(q_ptr.dtype.element_ty), mask=m)
+    # K: rotate (rounded to the activation dtype, as the unfused rope_ does) and write to the pool.
+    m = (h < HK) & d_ok[None, :]
+    p1 = k_ptr + t * stride_kt + h * stride_kh + d[None, :]
+    a = tl.load(p1, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(p1 + HALF, mask=m, other=0.0).to(tl.float32)
+    ka = (a * c - b * s).to(k_ptr.dtype.element_ty)
+    kb = (b * c + a * s).to(k_ptr.dtype.element_ty)
+    pc = kc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
+    tl.store(pc, ka.to(kc_ptr.dtype.element_ty), mask=m)
+    tl.store(pc + HALF, kb.to(kc_ptr.dtype.element_ty), mask=m)
+    pv = v_ptr + t * stride_vt + h * stride_vh + d[None, :]
+    pvc = vc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
+    tl.store(pvc, tl.load(pv, mask=m).to(vc_ptr.dtype.element_ty), mask=m)
+    tl.store(pvc + HALF, tl.load(pv + HALF, mask=m).to(vc_ptr.dtype.element_ty), mask=m)
+
+
+def rope_store_kv_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """rope_ on q (in place) and k, then store_kv of the rotated k and of v: one launch instead of two.
+
+    k itself is left unrotated (only the pool copy is rotated): attention reads keys from the pool.
+    """
+    t, hq, dim = q.shape
+    hk = k.shape[1]
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("rope_store_kv_ needs a contiguous last dimension")
+    if k_cache.stride(1) != hk * dim or k_cache.stride(2) != dim or v_cache.stride() != k_cache.stride():
+        raise ValueError("rope_store_kv_ needs [blocks, block_size, heads, dim] pools with contiguous tokens")
+    half = dim // 2
+    _rope_store_kernel[(t,)](
+        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0),
+        k_cache.stride(1), k_cache.stride(2),
+        HQ=hq, HK=hk, H_PAD=_pow2(max(hq, hk)), HALF=half, HALF_PAD=_pow2(half),
+    )  # fmt: skip

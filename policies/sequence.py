@@ -79,8 +79,9 @@ class Sequence:
 
         With real token ids the hash chains (previous hash, block tokens), as vLLM's prefix
         cache does; with trace prefix hashes (Mooncake, one id per `hash_block_tokens`),
-        KV block i inherits the id of the trace block that covers it plus its offset in it.
-        Only blocks that are full and inside the known content get a hash.
+        KV block i inherits the id of the trace block that covers it plus its offset in it,
+        and blocks past those get an identity of their own request. Only full blocks of
+        known content (prompt and tokens generated so far) get a hash.
         """
         h = self._hashes
         if i < len(h):
@@ -96,16 +97,21 @@ class Sequence:
                 h.append(hash((prev, tuple(toks[j * block_size : (j + 1) * block_size]))))
             return h[i]
         req = self.request
-        if not req.prefix_hashes or end > req.prompt_len:
+        if end > req.prompt_len + self.num_output_tokens:
             return None
         tb = req.hash_block_tokens
         ids = req.prefix_hashes
         while len(h) <= i:
             j = len(h)
-            k = ((j + 1) * block_size - 1) // tb
-            if k >= len(ids):
-                return None
-            h.append(hash((ids[k], j * block_size - k * tb, block_size)))
+            e = (j + 1) * block_size
+            k = (e - 1) // tb if tb else 0
+            if ids and e <= req.prompt_len and k < len(ids):
+                h.append(hash((ids[k], j * block_size - k * tb, block_size)))
+            else:
+                # Content only this request has (its own prompt tail, its generated tokens):
+                # reusable by itself after a preemption and by nobody else, as the engine's
+                # hashes of a synthesized prompt's random tokens are.
+                h.append(hash(("request", req.id, j)))
         return h[i]
 
     def block_hashes(self, n: int, block_size: int) -> list[int]:

@@ -66,7 +66,7 @@ def _add_slo_args(p: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_FLAGS = {
-    "model": str, "accelerator": str, "cost_model": str, "dtype": str, "tp": int, "pp": int,
+    "model": str, "accelerator": str, "cost_model": str, "profile": str, "dtype": str, "tp": int, "pp": int,
     "num_replicas": int, "router": str, "scheduler": str, "max_num_batched_tokens": int,
     "max_num_seqs": int, "block_size": int, "num_kv_blocks": int, "gpu_memory_utilization": float,
     "max_model_len": int, "seed": int, "horizon": float,
@@ -217,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--plot", help="write an HTML plot of the trace here")
     ts.set_defaults(func=cmd_trace_stats)
 
+    from benchmarks.validate import add_validate_args, main_validate
+    from engine.profiler import add_profile_args, main_profile
+
+    pf = sub.add_parser("profile", help="time the real engine over a grid of iteration shapes")
+    add_profile_args(pf)
+    pf.set_defaults(func=lambda a: (main_profile(a), 0)[1])
+    va = sub.add_parser("validate", help="replay a trace on the engine and in the simulator; compare")
+    add_validate_args(va)
+    va.set_defaults(func=lambda a: (main_validate(a), 0)[1])
+
     r = sub.add_parser("report", help="HTML report comparing one or more run directories")
     r.add_argument("runs", nargs="+")
     r.add_argument("-o", "--out", default="report.html")
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sagellm: error: {msg}", file=sys.stderr)
         return 2

@@ -12,7 +12,8 @@ class SimConfig:
     # What runs where.
     model: str = "llama-3.1-8b"
     accelerator: str = "h100-sxm"
-    cost_model: str = "analytic"
+    cost_model: str = "analytic"  # or "calibrated" (fitted from a measured profile, see `profile`)
+    profile: str | None = None  # profile file for the calibrated cost model
     dtype: str = "bf16"
     tp: int = 1
     pp: int = 1

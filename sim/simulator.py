@@ -32,16 +32,22 @@ from traces.schema import Trace
 
 
 def build_cost_model(cfg: SimConfig) -> CostModel:
-    from backends import analytic  # noqa: F401  (registers "analytic")
+    from backends import analytic, calibrated  # noqa: F401  (register "analytic", "calibrated")
     from backends.accelerators import get_accelerator
     from backends.models import get_model
 
+    kw = {}
+    if cfg.cost_model == "calibrated":
+        if not cfg.profile:
+            raise ValueError("cost_model 'calibrated' needs a profile file (config field 'profile')")
+        kw["profile"] = cfg.profile
     return COST_MODELS.create(
         cfg.cost_model,
         get_model(cfg.model),
         get_accelerator(cfg.accelerator),
         ParallelLayout(cfg.tp, cfg.pp),
         dtype=cfg.dtype,
+        **kw,
     )
 
 

@@ -87,7 +87,9 @@ def test_heuristic_splits_small_long_decodes() -> None:
     assert be.num_splits(1, 64) == 1
 
 
-def _gpu_runner(family: str, graphs: bool, backend: str = "triton", dtype: str = "float32"):
+def _gpu_runner(
+    family: str, graphs: bool, backend: str = "triton", dtype: str = "float32", gemv: str = "cublas"
+):
     from engine.config import EngineConfig
     from engine.model_runner import ModelRunner
     from engine.testing import tiny_spec
@@ -102,19 +104,22 @@ def _gpu_runner(family: str, graphs: bool, backend: str = "triton", dtype: str =
             max_num_seqs=8,
             cuda_graphs=graphs,
             attention_backend=backend,
+            decode_gemv=gemv,
             seed=5,
         )
     )
 
 
+@pytest.mark.parametrize("gemv", ["cublas", "split", "fused"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
-def test_engine_on_gpu_matches_dense_reference_with_graphs(family: str) -> None:
+def test_engine_on_gpu_matches_dense_reference_with_graphs(family: str, gemv: str) -> None:
     from engine.reference import dense_logits
     from engine.testing import StepDriver, make_seq
     from engine.weights import hf_state_dict_of
 
-    r = _gpu_runner(family, graphs=True)
+    r = _gpu_runner(family, graphs=True, gemv=gemv)
     assert r.graphs is not None
+    assert r.graphs.info["batch1_variant"] == gemv
     sd = hf_state_dict_of(r.model)
     drv = StepDriver(r)
     g = torch.Generator().manual_seed(0)
@@ -153,8 +158,13 @@ def test_graphs_and_eager_and_torch_backend_generate_the_same() -> None:
         g = torch.Generator().manual_seed(1)
         prompts = [torch.randint(1, 101, (n,), generator=g).tolist() for n in (5, 50, 17, 33, 2)]
         res = eng.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
-        outs.append([o.output_token_ids for o in res])
+        # seeded nucleus sampling: graph rows redraw from the graph's logits with the same generator
+        hot = SamplingParams(max_tokens=24, ignore_eos=True, temperature=0.8, top_p=0.9, seed=11)
+        res2 = eng.generate(prompts, [hot if i % 2 else SamplingParams(max_tokens=24, ignore_eos=True)
+                                      for i in range(len(prompts))])  # fmt: skip
+        outs.append([o.output_token_ids for o in res] + [o.output_token_ids for o in res2])
     assert outs[0] == outs[1] == outs[2]
+    assert outs[0][1] != outs[0][len(prompts) + 1]  # the sampled request did not decode greedily
 
 
 def test_memory_based_kv_sizing_on_gpu() -> None:
@@ -236,3 +246,50 @@ def test_fused_ops_match_unfused_pytorch(dtype) -> None:
     write_kv(kk, vv, kc, vc, slots)
     triton_ops.store_kv(kk, vv, kc2, vc2, slots)
     assert torch.equal(kc, kc2) and torch.equal(vc, vc2)
+
+    # rope + KV write in one kernel == rotary, then write_kv of the rotated keys
+    rot.fused = False
+    qkv = rnd(4, (4 + 2 * 2) * 32)
+    q, k, v = qkv[:, :128].view(4, 4, 32), qkv[:, 128:192].view(4, 2, 32), qkv[:, 192:].view(4, 2, 32)
+    pos4 = torch.tensor([0, 5, 64, 299], device="cuda", dtype=torch.int32)
+    wq, wk = rot(pos4.long(), q.clone(), k.clone())
+    kc, vc = torch.zeros_like(kc), torch.zeros_like(vc)
+    write_kv(wk, v, kc, vc, slots)
+    kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
+    gq = q.clone()
+    triton_ops.rope_store_kv_(gq, k, v, pos4, rot.cos, rot.sin, kc2, vc2, slots.to(torch.int32))
+    torch.testing.assert_close(gq, wq, **tol)
+    torch.testing.assert_close(kc2, kc, **tol)
+    assert torch.equal(vc2, vc)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(37, 96), (512, 4096), (8, 14336)])
+def test_fused_gemv_matches_unfused(dtype, shape) -> None:
+    from engine.model import RMSNorm
+    from engine.triton_gemv import CANDIDATES, NORM, SILU, gemv
+
+    n, k = shape
+    g = torch.Generator(device="cuda").manual_seed(n)
+
+    def rnd(*s):
+        return torch.randn(s, generator=g, device="cuda").to(dtype)
+
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
+    w, x, res, bias = rnd(n, k) * 0.05, rnd(1, k), rnd(1, k), rnd(n)
+    norm = RMSNorm(k, 1e-5).cuda().to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(rnd(k))
+    want_h, want_res = norm.add_forward(x, res.clone())
+    for cfg in CANDIDATES:
+        lin = torch.nn.functional.linear
+        torch.testing.assert_close(gemv(w, x, bias=bias, config=cfg), lin(x, w, bias), **tol)
+        ro = torch.full_like(x, float("nan"))
+        got = gemv(w, x, mode=NORM, residual=res, norm_weight=norm.weight, eps=1e-5, res_out=ro, config=cfg)
+        assert torch.equal(ro, want_res)  # the residual stream is bit-exact
+        torch.testing.assert_close(got, lin(want_h, w), **tol)
+        got = gemv(w, x, mode=NORM, norm_weight=norm.weight, eps=1e-5, config=cfg)
+        torch.testing.assert_close(got, lin(norm(x), w), **tol)
+        x2 = rnd(1, 2 * k)
+        ref = (torch.nn.functional.silu(x2[:, :k].float()) * x2[:, k:].float()).to(dtype)
+        torch.testing.assert_close(gemv(w, x2, mode=SILU, config=cfg), lin(ref, w), **tol)

@@ -1,0 +1,263 @@
+"""Split-K matrix-vector products for batch-1 decode, reduced by the kernels that consume them.
+
+At batch 1 a projection streams its weight matrix once, so its speed is the bandwidth the kernel
+reaches. cuBLAS reaches about 4.2 TB/s on an H200 for the wide gate_up and LM-head matrices but
+only ~1.5 TB/s for Llama-8B's 4096 x 4096 o_proj and ~3 TB/s for qkv (measured on their 32 cold
+matrices in turn): too few output tiles to keep 132 SMs' loads in flight. Splitting K gives every
+program one [BLOCK_N, BLOCK_K] tile, loaded in a single burst with no loop (the split-K scheme of
+Flash-Decoding and of TensorRT-LLM's small-batch GEMV), which fills the chip whatever N is.
+
+The S partial sums per output ([S, N], float32) are not reduced by a kernel of their own: the
+op that follows each projection at batch 1 (residual add + RMSNorm after o/down, SiLU-and-multiply
+after gate_up, rotary + KV write after qkv) sums them while loading its input, then rounds to
+the activation dtype, as the projection's own output would have been. So a split costs no extra
+launch. Imported only on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    block_n: int
+    block_k: int
+    num_warps: int
+
+    @property
+    def name(self) -> str:
+        return f"split{self.block_n}x{self.block_k}/w{self.num_warps}"
+
+
+CANDIDATES = (
+    SplitConfig(16, 1024, 8),
+    SplitConfig(8, 1024, 4),
+    SplitConfig(16, 512, 4),
+    SplitConfig(32, 512, 8),
+    SplitConfig(8, 2048, 8),
+)
+
+
+@triton.jit
+def _gemv_split_kernel(
+    w_ptr, x_ptr, part_ptr, N, K, stride_w,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    kk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    k_ok = kk < K
+    w = tl.load(
+        w_ptr + rows[:, None].to(tl.int64) * stride_w + kk[None, :],
+        mask=row_ok[:, None] & k_ok[None, :],
+        other=0.0,
+    )
+    x = tl.load(x_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+    y = tl.sum(w.to(tl.float32) * x[None, :], 1)
+    tl.store(part_ptr + pid_k * N + rows, y, mask=row_ok)
+
+
+def gemv_split(w: torch.Tensor, x: torch.Tensor, cfg: SplitConfig) -> torch.Tensor:
+    """Partial products of w [N, K] and x [1, K]: [S, N] float32 with S = ceil(K / block_k)."""
+    n, k = w.shape
+    if w.stride(1) != 1 or x.shape != (1, k) or x.stride(1) != 1:
+        raise ValueError(
+            f"gemv_split needs a row-major [N, K] weight and a [1, {k}] input, got {tuple(x.shape)}"
+        )
+    s = triton.cdiv(k, cfg.block_k)
+    part = torch.empty((s, n), dtype=torch.float32, device=x.device)
+    _gemv_split_kernel[(triton.cdiv(n, cfg.block_n), s)](
+        w, x, part, n, k, w.stride(0), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps
+    )
+    return part
+
+
+@triton.jit
+def _sum_parts(p_ptr, offs, ok, S: tl.constexpr, stride_s):
+    acc = tl.load(p_ptr + offs, mask=ok, other=0.0)
+    for s in tl.static_range(1, S):
+        acc += tl.load(p_ptr + s * stride_s + offs, mask=ok, other=0.0)
+    return acc
+
+
+@triton.jit
+def _norm_parts_kernel(
+    p_ptr, res_ptr, w_ptr, out_ptr, stride_s, eps,
+    N: tl.constexpr, BLOCK: tl.constexpr, S: tl.constexpr,
+):  # fmt: skip
+    offs = tl.arange(0, BLOCK)
+    ok = offs < N
+    dt = out_ptr.dtype.element_ty
+    x = _sum_parts(p_ptr, offs, ok, S, stride_s).to(dt).to(tl.float32)  # the projection's output
+    r = tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    x = (x + r).to(dt).to(tl.float32)
+    tl.store(res_ptr + offs, x.to(dt), mask=ok)
+    var = tl.sum(x * x, 0) / N
+    g = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    y = (x * tl.rsqrt(var + eps)).to(dt).to(tl.float32) * g
+    tl.store(out_ptr + offs, y.to(dt), mask=ok)
+
+
+def add_rms_norm_parts(
+    part: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """residual [1, N] += sum(part [S, N]) (rounded to residual's dtype), then RMSNorm of it."""
+    s, n = part.shape
+    if residual.shape != (1, n) or not residual.is_contiguous():
+        raise ValueError(
+            f"add_rms_norm_parts: residual must be a contiguous [1, {n}], got {tuple(residual.shape)}"
+        )
+    out = torch.empty_like(residual)
+    warps = 4 if s * n <= 8192 else 8 if s * n <= 32768 else 16  # one program: keep its loads in flight
+    _norm_parts_kernel[(1,)](
+        part, residual, weight, out, part.stride(0), eps, N=n, BLOCK=_pow2(n), S=s, num_warps=warps
+    )
+    return out
+
+
+@triton.jit
+def _silu_parts_kernel(p_ptr, out_ptr, stride_s, I, BLOCK: tl.constexpr, S: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < I
+    dt = out_ptr.dtype.element_ty
+    g = _sum_parts(p_ptr, offs, ok, S, stride_s).to(dt).to(tl.float32)
+    u = _sum_parts(p_ptr + I, offs, ok, S, stride_s).to(dt).to(tl.float32)
+    tl.store(out_ptr + offs, (g / (1.0 + tl.exp(-g)) * u).to(dt), mask=ok)
+
+
+def silu_and_mul_parts(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """silu(gate) * up of the split-K output part [S, 2I] (gate | up); returns [1, I] in `dtype`."""
+    s, two_i = part.shape
+    i = two_i // 2
+    out = torch.empty((1, i), dtype=dtype, device=part.device)
+    block = 512
+    _silu_parts_kernel[(triton.cdiv(i, block),)](part, out, part.stride(0), i, BLOCK=block, S=s)
+    return out
+
+
+@triton.jit
+def _rope_store_parts_kernel(
+    p_ptr, qo_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr,
+    stride_s, stride_c, stride_cs, stride_ch,
+    HQ: tl.constexpr, HK: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, S: tl.constexpr,
+):  # fmt: skip
+    pos = tl.load(pos_ptr)
+    slot = tl.load(slot_ptr).to(tl.int64)
+    dt = qo_ptr.dtype.element_ty
+    d = tl.arange(0, HALF_PAD)
+    d_ok = d < HALF
+    c = tl.load(cos_ptr + pos * stride_c + d, mask=d_ok, other=0.0)[None, :]
+    sn = tl.load(sin_ptr + pos * stride_c + d, mask=d_ok, other=0.0)[None, :]
+    h = tl.arange(0, H_PAD)[:, None]
+    # q: rows 0 .. HQ*D of the merged projection; rotated into the contiguous q output
+    m = (h < HQ) & d_ok[None, :]
+    offs = h * D + d[None, :]
+    a = _sum_parts(p_ptr, offs, m, S, stride_s).to(dt).to(tl.float32)
+    b = _sum_parts(p_ptr, offs + HALF, m, S, stride_s).to(dt).to(tl.float32)
+    tl.store(qo_ptr + offs, (a * c - b * sn).to(dt), mask=m)
+    tl.store(qo_ptr + offs + HALF, (b * c + a * sn).to(dt), mask=m)
+    # k (rotated) and v to the pool
+    m = (h < HK) & d_ok[None, :]
+    offs = HQ * D + h * D + d[None, :]
+    a = _sum_parts(p_ptr, offs, m, S, stride_s).to(dt).to(tl.float32)
+    b = _sum_parts(p_ptr, offs + HALF, m, S, stride_s).to(dt).to(tl.float32)
+    pc = kc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
+    tl.store(pc, (a * c - b * sn).to(dt).to(kc_ptr.dtype.element_ty), mask=m)
+    tl.store(pc + HALF, (b * c + a * sn).to(dt).to(kc_ptr.dtype.element_ty), mask=m)
+    offs = (HQ + HK) * D + h * D + d[None, :]
+    a = _sum_parts(p_ptr, offs, m, S, stride_s).to(dt)
+    b = _sum_parts(p_ptr, offs + HALF, m, S, stride_s).to(dt)
+    pv = vc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
+    tl.store(pv, a.to(vc_ptr.dtype.element_ty), mask=m)
+    tl.store(pv + HALF, b.to(vc_ptr.dtype.element_ty), mask=m)
+
+
+def rope_store_kv_parts(
+    part: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Sum the split-K qkv output part [S, (Hq + 2 Hk) * D] of one token, rotate q and k, write
+    k and v to the pools at slot_mapping[0]; returns q [1, Hq, D] in `dtype`."""
+    s, width = part.shape
+    if width != (num_heads + 2 * num_kv_heads) * head_dim:
+        raise ValueError(
+            f"rope_store_kv_parts: {width} columns for {num_heads}+2x{num_kv_heads} heads of {head_dim}"
+        )
+    if k_cache.stride(1) != num_kv_heads * head_dim or k_cache.stride(2) != head_dim:
+        raise ValueError(
+            "rope_store_kv_parts needs [blocks, block_size, heads, dim] pools with contiguous tokens"
+        )
+    q = torch.empty((1, num_heads, head_dim), dtype=dtype, device=part.device)
+    half = head_dim // 2
+    _rope_store_parts_kernel[(1,)](
+        part, q, positions, cos, sin, k_cache, v_cache, slot_mapping,
+        part.stride(0), cos.stride(0), k_cache.stride(1), k_cache.stride(2),
+        HQ=num_heads, HK=num_kv_heads, H_PAD=_pow2(max(num_heads, num_kv_heads)), D=head_dim,
+        HALF=half, HALF_PAD=_pow2(half), S=s, num_warps=4 if s * width <= 16384 else 8,
+    )  # fmt: skip
+    return q
+
+
+def _time_ms(fn, reps: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def tune(
+    weights: list[torch.Tensor], max_splits: int = 8, reps: int = 3
+) -> tuple[SplitConfig, dict[str, float]]:
+    """Time cuBLAS and the split candidates (at most `max_splits` parts, so that the consumer's
+    reduction stays small) over one pass of all `weights` (one per layer, so each call streams a
+    cold matrix, as in a decode step). Returns the fastest split config and ms per pass of each
+    (and of cuBLAS under "cublas"): the caller decides whether the split beats cuBLAS."""
+    n, k = weights[0].shape
+    g = torch.Generator(device=weights[0].device).manual_seed(0)
+    x = torch.randn((1, k), generator=g, device=weights[0].device).to(weights[0].dtype)
+
+    def cublas() -> None:
+        for w in weights:
+            torch.nn.functional.linear(x, w)
+
+    times = {"cublas": _time_ms(cublas, reps)}
+    fits = [c for c in CANDIDATES if triton.cdiv(k, c.block_k) <= max_splits]
+    best: tuple[float, SplitConfig] | None = None
+    for cfg in fits or [max(CANDIDATES, key=lambda c: c.block_k)]:
+
+        def run(cfg: SplitConfig = cfg) -> None:
+            for w in weights:
+                gemv_split(w, x, cfg)
+
+        ms = _time_ms(run, reps)
+        times[cfg.name] = ms
+        if best is None or ms < best[0]:
+            best = (ms, cfg)
+    assert best is not None
+    return best[1], times

@@ -1,0 +1,291 @@
+"""The profile file: exact round trip, errors that name file, line and field, and the profiler's output
+on a tiny CPU model (structure only; CPU timings are noise)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.profile import (
+    FORMAT,
+    OverheadSample,
+    Profile,
+    ProfileHeader,
+    ShapeSample,
+    canonical_dtype,
+)
+
+
+def header(**overrides) -> ProfileHeader:
+    base = ProfileHeader(
+        device="NVIDIA H100 80GB HBM3",
+        device_kind="cuda",
+        model="llama-3.1-8b",
+        model_config={
+            "family": "llama",
+            "num_layers": 32,
+            "hidden_size": 4096,
+            "num_heads": 32,
+            "num_kv_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 14336,
+            "vocab_size": 128256,
+            "rope_scaling": {"factor": 8.0},
+            "eos_token_ids": [1, 2],
+        },
+        dtype="bfloat16",
+        tp=1,
+        pp=1,
+        block_size=16,
+        num_kv_blocks=30000,
+        max_num_batched_tokens=8192,
+        max_num_seqs=256,
+        max_model_len=32768,
+        enable_prefix_caching=True,
+        attention_backend="triton",
+        cuda_graphs=True,
+        graph_buckets=(1, 2, 4, 8, 16, 32),
+        warmup=2,
+        repeats=3,
+        software={"python": "3.11.7", "torch": "2.5.1", "triton": "3.1.0", "cuda": "12.4", "numpy": "2.1"},
+        date="2025-01-01T00:00:00+00:00",
+        command="sagellm profile --device cuda",
+        wall_seconds=123.25,
+        notes=("skipped prefill=[(8192, 16384)]: needs more blocks",),
+    )
+    return replace(base, **overrides)
+
+
+def sample(prefill, nd, ctx, times) -> ShapeSample:
+    return ShapeSample(tuple(prefill), nd, ctx, tuple(times), statistics.median(times))
+
+
+def small_profile() -> Profile:
+    return Profile(
+        header(),
+        [
+            sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]),
+            sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]),
+            sample([(100, 4096), (7, 0)], 3, 99, [0.05, 0.051]),
+        ],
+        [
+            OverheadSample(4, 0, 0, 4, 1.5e-5, 2.25e-5, 1e-4, 3e-5, 3),
+            OverheadSample(5, 2, 107, 3, 2e-5, 0.0, 1e-4, 3e-5, 3),
+        ],
+    )
+
+
+def test_round_trip_is_exact(tmp_path: Path) -> None:
+    p = small_profile()
+    path = p.save(tmp_path / "sub" / "p.json")
+    q = Profile.load(path)
+    assert q == p
+    assert q.dumps() == p.dumps() == path.read_text()
+    assert q.samples[0].times_s[0] == 0.1 + 0.2  # shortest-repr floats survive bit for bit
+    assert q.samples[2].shape.prefill == [(100, 4096), (7, 0)]
+    assert [s.kind for s in q.samples] == ["decode", "prefill", "mixed"]
+    assert q.counts() == {"decode": 1, "prefill": 1, "mixed": 1}
+    assert json.loads(path.read_text())["format"] == FORMAT
+
+
+def test_records_are_one_per_line(tmp_path: Path) -> None:
+    text = small_profile().dumps()
+    lines = text.splitlines()
+    assert sum(1 for ln in lines if ln.strip().startswith('{"prefill"')) == 3
+    assert sum(1 for ln in lines if ln.strip().startswith('{"num_seqs"')) == 2
+
+
+finite_times = st.lists(
+    st.floats(min_value=1e-9, max_value=1e3, allow_nan=False, allow_infinity=False), min_size=1, max_size=7
+)
+chunk = st.tuples(st.integers(1, 9000), st.integers(0, 40000))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    samples=st.lists(
+        st.tuples(st.lists(chunk, max_size=4), st.integers(0, 300), finite_times), min_size=1, max_size=6
+    )
+)
+def test_round_trip_property(samples) -> None:
+    rows = []
+    for prefill, nd, times in samples:
+        if not prefill and nd == 0:
+            nd = 1
+        rows.append(sample(prefill, nd, nd * 7, times))
+    p = Profile(header(), rows, [])
+    assert Profile.loads(p.dumps()) == p
+
+
+def _corrupt(tmp_path: Path, edit) -> Path:
+    """The small profile with `edit` applied to its dict, written in the file's own layout."""
+    d = json.loads(small_profile().dumps())
+    edit(d)
+    path = tmp_path / "bad.json"
+    path.write_text(_layout_like(d))
+    return path
+
+
+def _layout_like(d: dict) -> str:
+    """`d` dumped with the same layout as `Profile.dumps` (records one per line)."""
+    lines = ["{", f'  "format": {json.dumps(d["format"])},', f'  "version": {json.dumps(d["version"])},']
+    lines.append('  "header": ' + json.dumps(d["header"], indent=2).replace("\n", "\n  ") + ",")
+    for key, end in (("samples", ","), ("overhead", "")):
+        lines.append(f'  "{key}": [')
+        rows = d[key]
+        for i, row in enumerate(rows):
+            lines.append("    " + json.dumps(row) + ("," if i < len(rows) - 1 else ""))
+        lines.append("  ]" + end)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _line_of(path: Path, needle: str, nth: int = 0) -> int:
+    hits = [i + 1 for i, ln in enumerate(path.read_text().splitlines()) if needle in ln]
+    return hits[nth]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "needle"),
+    [
+        (
+            lambda d: d["samples"][1]["times_s"].__setitem__(2, "fast"),
+            "samples[1].times_s[2]",
+            '"times_s": [1e-07',
+        ),
+        (lambda d: d["samples"][2]["prefill"].__setitem__(0, [0, 5]), "samples[2].prefill[0]", "[7, 0]"),
+        (lambda d: d["samples"][0].__setitem__("median_s", 9.0), "samples[0].median_s", '"num_decode": 4'),
+        (
+            lambda d: d["samples"][0].__setitem__("decode_context", 2),
+            "samples[0].decode_context",
+            '"num_decode": 4',
+        ),
+        (
+            lambda d: d["samples"][1]["times_s"].__setitem__(0, -1.0),
+            "samples[1].times_s[0]",
+            '"times_s": [-1',
+        ),
+        (lambda d: d["overhead"][1].pop("schedule_s"), "overhead[1].schedule_s", '"num_seqs": 5'),
+        (
+            lambda d: d["overhead"][0].__setitem__("decode_tokens", 9),
+            "overhead[0].decode_tokens",
+            '"num_seqs": 4',
+        ),
+        (lambda d: d["header"].__setitem__("tp", 0), "header.tp", '"tp": 0'),
+        (lambda d: d["header"].__setitem__("dtype", "int4"), "header.dtype", '"dtype"'),
+        (
+            lambda d: d["header"]["model_config"].pop("num_layers"),
+            "header.model_config.num_layers",
+            '"model_config"',
+        ),
+        (
+            lambda d: d["header"].__setitem__("graph_buckets", [4, 2]),
+            "header.graph_buckets",
+            '"graph_buckets"',
+        ),
+        (lambda d: d["header"].__setitem__("colour", "blue"), "header.colour", '"colour"'),
+    ],
+)
+def test_bad_field_names_file_line_and_field(tmp_path: Path, edit, field: str, needle: str) -> None:
+    path = _corrupt(tmp_path, edit)
+    with pytest.raises(ValueError) as ei:
+        Profile.load(path)
+    msg = str(ei.value)
+    assert str(path) in msg and f"field {field}:" in msg
+    assert f"line {_line_of(path, needle)}:" in msg, msg
+
+
+def test_bad_json_and_wrong_format(tmp_path: Path) -> None:
+    p = tmp_path / "p.json"
+    p.write_text('{\n  "format": "sagellm-profile",\n  "version": 1,\n  oops\n}')
+    with pytest.raises(ValueError, match=r"p\.json: line 4: not valid JSON"):
+        Profile.load(p)
+    d = small_profile().to_dict()
+    d["format"] = "vllm-profile"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="field format: expected 'sagellm-profile'"):
+        Profile.load(p)
+    d["format"] = FORMAT
+    d["version"] = 2
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="field version"):
+        Profile.load(p)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        Profile.load(tmp_path / "nope.json")
+    p.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        Profile.load(p)
+
+
+def test_canonical_dtype() -> None:
+    assert canonical_dtype("bf16") == canonical_dtype("torch.bfloat16") == "bfloat16"
+    assert canonical_dtype("FP16") == "float16"
+    with pytest.raises(ValueError, match="int3"):
+        canonical_dtype("int3")
+
+
+# ------------------------------------------------------------------------------------------------
+# The profiler on a tiny CPU model
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
+    from engine.config import EngineConfig
+    from engine.profiler import ProfileGrid, ShapeLimits, grid_shapes, main_profile, profile_engine
+    from engine.testing import single_thread, tiny_spec
+
+    cfg = EngineConfig(
+        model=tiny_spec("llama"),
+        device="cpu",
+        block_size=4,
+        num_kv_blocks=40,
+        max_num_batched_tokens=48,
+        max_num_seqs=6,
+    )
+    with single_thread():
+        prof = profile_engine(cfg, quick=True, repeats=3, warmup=1, command="test")
+    h = prof.header
+    assert h.device.startswith("cpu") and h.device_kind == "cpu" and h.dtype == "float32"
+    assert (h.block_size, h.num_kv_blocks, h.max_num_batched_tokens, h.max_num_seqs) == (4, 40, 48, 6)
+    assert h.model == "tiny-llama" and h.model_config["num_layers"] == 2 and h.command == "test"
+    assert h.software["torch"] == torch.__version__ and not h.cuda_graphs and h.graph_buckets == ()
+    # Grid points past the pool (40 blocks of 4 tokens), the budget or the sequence cap are noted, not run.
+    lim = ShapeLimits(48, 6, 512, 40, 4)
+    shapes, notes = grid_shapes(ProfileGrid.quick(), lim)
+    assert notes and list(h.notes) == notes
+    assert len(prof.samples) == len(shapes) == len(prof.overhead)
+    counts = prof.counts()
+    assert counts["decode"] > 0 and counts["prefill"] > 0 and counts["mixed"] > 0
+    for s in prof.samples:
+        assert lim.why_not(s.shape) is None
+        assert s.n == 3 and all(t > 0 for t in s.times_s)
+    for s, o in zip(prof.samples, prof.overhead):
+        assert o.num_seqs == s.shape.num_seqs and o.num_prefill_seqs == len(s.prefill)
+        assert o.prefill_tokens == s.shape.num_tokens - s.num_decode
+    assert Profile.loads(prof.dumps()) == prof
+    # The CLI entry point writes a file and fits it.
+    with single_thread():
+        out = main_profile(
+            model=tiny_spec("qwen3"),
+            device="cpu",
+            quick=True,
+            repeats=2,
+            warmup=1,
+            num_kv_blocks=64,
+            max_num_batched_tokens=64,
+            max_num_seqs=8,
+            out=str(tmp_path / "prof.json"),
+        )
+    assert Profile.load(out).header.model == "tiny-qwen3"
+    with pytest.raises(ValueError, match="unknown option"):
+        main_profile(colour="red")
+    with pytest.raises(ValueError, match="tp=1"):
+        main_profile(tp=2)

@@ -1,0 +1,270 @@
+"""Validation on CPU with a tiny random-weight model: the run completes, the simulated replica mirrors the
+engine, and the report holds every number and file it promises. No error threshold is asserted: CPU
+timings of a 2-layer model are noise; the GPU figures live in the benchmark results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backends.profile import Profile  # noqa: E402
+from benchmarks.report import png_export_available  # noqa: E402
+from benchmarks.validate import (  # noqa: E402
+    HEADLINE,
+    error_rows,
+    load_policy,
+    main_validate,
+    mirror_sim_config,
+    rel_error,
+    validate,
+)
+from engine.config import EngineConfig  # noqa: E402
+from engine.profiler import ProfileGrid  # noqa: E402
+from engine.testing import single_thread, tiny_spec  # noqa: E402
+from traces.schema import Trace  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def engine_config(**kw) -> EngineConfig:
+    base = dict(
+        model=tiny_spec("llama"),
+        device="cpu",
+        block_size=4,
+        num_kv_blocks=160,
+        max_num_batched_tokens=48,
+        max_num_seqs=6,
+    )
+    base.update(kw)
+    return EngineConfig(**base)
+
+
+def tiny_trace(n: int = 20, seed: int = 0) -> Trace:
+    rng = np.random.default_rng(seed)
+    # Requests 0-9 share a 16-token hashed prefix (two 8-token trace blocks), so prefix hits happen.
+    hashes = [(1, 2, 100 + i) if i < 10 else (200 + i,) for i in range(n)]
+    return Trace(
+        arrival=np.cumsum(rng.exponential(0.002, n)),
+        prompt_len=rng.integers(17, 60, n),
+        output_len=rng.integers(2, 12, n),
+        prefix_hashes=hashes,
+        hash_block_tokens=8,
+        name="tiny-validate",
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("val") / "report"
+    res = validate(
+        tiny_trace(),
+        engine_config(),
+        profile_grid=ProfileGrid.quick(),
+        profile_repeats=2,
+        profile_warmup=1,
+        out_dir=out,
+        png=False,
+    )
+    return res, out
+
+
+def test_validation_run_completes_and_mirrors_the_engine(run) -> None:
+    res, _ = run
+    m, p = res.measured, res.predicted
+    assert list(m.requests["status"]) == ["finished"] * 20 == list(p.requests["status"])
+    np.testing.assert_array_equal(m.requests["output_tokens"], p.requests["output_tokens"])
+    np.testing.assert_array_equal(m.requests["arrival"], p.requests["arrival"])
+    assert m.meta["kind"] == "engine" and p.meta["kind"] == "simulation"
+    assert p.meta["cost_model"] == "calibrated" and p.meta["cost_model_profile"]["name"] == "calibrated"
+    assert p.meta["num_kv_blocks"] == m.meta["num_kv_blocks"] == 160
+    cfg = res.sim_config
+    assert (cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len) == (
+        4,
+        48,
+        6,
+        512,
+    )
+    assert cfg.enable_prefix_caching and cfg.enable_chunked_prefill and cfg.num_replicas == 1
+    for field, (eng, sim) in res.errors["mirror"].items():
+        assert eng == sim, field
+    assert m.metrics["kv"]["prefix_hit_rate"] > 0 and p.metrics["kv"]["prefix_hit_rate"] > 0
+
+
+def test_errors_hold_every_promised_number(run) -> None:
+    res, _ = run
+    e = res.errors
+    keys = {(r["metric"], r["stat"]) for r in e["metrics"]}
+    for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        for stat in ("mean", "p50", "p90", "p99"):
+            assert (metric, stat) in keys
+    for metric in ("request_throughput", "output_throughput", "kv.preemptions_total", "kv.prefix_hit_rate"):
+        assert (metric, "") in keys
+    for r in e["metrics"]:
+        if r["measured"] and r["predicted"] is not None:
+            assert r["rel_error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"])
+        assert r["headline"] == ((r["metric"], r["stat"]) in HEADLINE)
+    assert e["headline"]["max_abs_rel_error"] is not None
+    assert e["per_request"]["ttft"]["n"] == e["per_request"]["e2e"]["n"] == 20
+    it = e["iterations"]
+    assert it["all"]["n"] == len(res.measured.iterations["start"]) == len(res.iterations["start"])
+    assert it["decode"]["n"] + it["prefill"]["n"] + it["mixed"]["n"] == it["all"]["n"]
+    # Iteration shapes were recorded and agree with the engine's own iteration rows.
+    t = res.iterations
+    np.testing.assert_array_equal(t["num_seqs"], res.measured.iterations["num_seqs"])
+    np.testing.assert_array_equal(t["prefill_tokens"], res.measured.iterations["prefill_tokens"])
+    np.testing.assert_array_equal(t["num_decode"], res.measured.iterations["decode_tokens"])
+    assert (t["predicted_s"] > 0).all() and (t["execute_s"] > 0).all()
+    assert e["cost_model"]["name"] == "calibrated" and e["profile_fit"]["all"]["n"] > 0
+
+
+def test_report_directory(run) -> None:
+    res, out = run
+    assert res.out_dir == out
+    for f in (
+        "index.html",
+        "side_by_side.html",
+        "errors.json",
+        "iterations.csv",
+        "profile.json",
+        "measured/summary.json",
+        "predicted/summary.json",
+        "measured/requests.csv",
+    ):
+        assert (out / f).is_file(), f
+    page = (out / "index.html").read_text()
+    assert "Plotly" in page and "<script src=" not in page  # plotly.js inlined: opens offline
+    for fig in ("ttft_scatter", "e2e_scatter", "iteration_time", "iteration_scatter", "profile_fit"):
+        assert f"id='{fig}'" in page
+    assert "side_by_side.html" in page and "Mirror check" in page
+    errors = json.loads((out / "errors.json").read_text())
+    assert errors["metrics"][0]["metric"] == "ttft_ms"
+    assert not any("PNG" in n for n in errors["notes"])  # png=False: not even attempted
+    rows = list(csv.DictReader(open(out / "iterations.csv")))
+    assert len(rows) == len(res.iterations["start"]) and rows[0]["kind"] in ("prefill", "mixed", "decode")
+    assert Profile.load(out / "profile.json") == res.cost.profile
+
+
+def test_given_profile_is_used_and_checked(run, tmp_path: Path) -> None:
+    res, out = run
+    again = validate(tiny_trace(8, seed=1), engine_config(), profile=out / "profile.json")
+    assert again.cost.profile_path == str(out / "profile.json")
+    assert "profile measured on the spot, on this engine" not in again.notes
+    with pytest.raises(ValueError, match="block_size: profile 4, engine 8"):
+        validate(tiny_trace(4), engine_config(block_size=8), profile=out / "profile.json")
+    # An engine allowed larger steps than profiled still validates, with a note.
+    bigger = validate(
+        tiny_trace(6, seed=2),
+        engine_config(max_num_batched_tokens=64),
+        profile=out / "profile.json",
+        load=0.5,
+        capacity_from="sim",
+    )
+    assert any("max_num_batched_tokens 64 > profiled 48" in n for n in bigger.notes)
+    cap = bigger.errors["capacity"]
+    assert cap["source"] == "sim" and cap["rate"] == pytest.approx(0.5 * cap["request_throughput"])
+
+
+def test_mirror_refuses_overrides_that_break_it(run) -> None:
+    from engine.llm_engine import LLMEngine
+
+    eng = LLMEngine(engine_config())
+    assert mirror_sim_config(eng, {"jump": False}).jump is False
+    with pytest.raises(ValueError, match="num_kv_blocks.*mirrored"):
+        mirror_sim_config(eng, {"num_kv_blocks": 10})
+
+
+def test_error_rows_and_rel_error() -> None:
+    assert rel_error(1.1, 1.0) == pytest.approx(0.1) and rel_error(0.9, 1.0) == pytest.approx(-0.1)
+    assert rel_error(1.0, 0.0) is None and rel_error(None, 1.0) is None
+    meas = {
+        "ttft_ms": {"p50": 100.0, "p90": 200.0},
+        "output_throughput": 50.0,
+        "kv": {"preemptions_total": 0},
+    }
+    pred = {
+        "ttft_ms": {"p50": 104.0, "p90": 180.0},
+        "output_throughput": 50.0,
+        "kv": {"preemptions_total": 3},
+    }
+    rows = {(r["metric"], r["stat"]): r for r in error_rows(meas, pred, target=0.05)}
+    assert rows[("ttft_ms", "p50")]["within_target"] is True
+    assert rows[("ttft_ms", "p90")]["within_target"] is False
+    assert rows[("ttft_ms", "p90")]["rel_error"] == pytest.approx(-0.1)
+    pre = rows[("kv.preemptions_total", "")]
+    assert pre["rel_error"] is None and pre["abs_error"] == 3 and pre["within_target"] is None
+    assert rows[("tpot_ms", "p50")]["measured"] is None  # absent metrics stay undefined, not zero
+
+
+def test_policy_file_errors(tmp_path: Path) -> None:
+    p = tmp_path / "policy.json"
+    p.write_text(json.dumps({"scheduler": "fcfs", "max_num_seqs": 4}))
+    assert load_policy(p) == {"scheduler": "fcfs", "max_num_seqs": 4}
+    p.write_text(json.dumps({"max_num_seqs": 4, "router": "x"}))
+    with pytest.raises(ValueError, match=r"policy\.json: unknown field\(s\) router"):
+        load_policy(p)
+    p.write_text("{\n 'a': 1}")
+    with pytest.raises(ValueError, match="line 2"):
+        load_policy(p)
+
+
+def test_command_line_entry_point(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        json.dumps({"max_num_batched_tokens": 48, "max_num_seqs": 6, "block_size": 4, "num_kv_blocks": 200})
+    )
+    out = tmp_path / "cli"
+    runs = main_validate(
+        model=tiny_spec("qwen2"),
+        device="cpu",
+        policy=str(policy),
+        max_requests=10,
+        cap_total=120,
+        profile_grid="quick",
+        load=[0.5, 0.9],
+        capacity_from="engine",
+        out=str(out),
+        png="no",
+    )
+    assert len(runs) == 2 and runs[0].engine is runs[1].engine  # one engine for both loads
+    for res, load in zip(runs, (0.5, 0.9)):
+        assert res.measured.meta["num_kv_blocks"] == 200 and res.sim_config.max_num_seqs == 6
+        assert res.measured.metrics["finished"] == 10
+        cap = res.errors["capacity"]
+        assert cap["load"] == load and cap["source"] == "engine"
+        assert (out / f"load-{load:g}" / "index.html").is_file()
+        # Each run starts from a fresh block manager, as the simulator does: its counters hold this
+        # run's admissions only (6 sequences x <= 30 blocks fit the 200-block pool: no preemption).
+        assert res.measured.metrics["kv"]["preemptions_total"] == 0
+        assert res.measured.meta["kv"]["queried_tokens"] == int(res.measured.requests["prompt_tokens"].sum())
+    assert (
+        runs[0].errors["capacity"]["request_throughput"] == runs[1].errors["capacity"]["request_throughput"]
+    )
+    assert runs[0].trace.arrival[-1] > runs[1].trace.arrival[-1]  # the lighter load is spread wider
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not png_export_available(), reason="PNG export needs kaleido and Chrome/Chromium")
+def test_png_export(tmp_path: Path) -> None:
+    res = validate(
+        tiny_trace(8),
+        engine_config(),
+        profile_grid=ProfileGrid.quick(),
+        profile_repeats=2,
+        profile_warmup=1,
+        out_dir=tmp_path,
+        png=True,
+    )
+    for f in ("ttft_scatter", "e2e_scatter", "iteration_time", "iteration_scatter", "profile_fit"):
+        assert (tmp_path / "png" / f"{f}.png").stat().st_size > 1000
+    assert (tmp_path / "png" / "side_by_side" / "ttft_cdf.png").is_file()
+    assert res.out_dir == tmp_path
