@@ -293,3 +293,63 @@ def test_fused_gemv_matches_unfused(dtype, shape) -> None:
         x2 = rnd(1, 2 * k)
         ref = (torch.nn.functional.silu(x2[:, :k].float()) * x2[:, k:].float()).to(dtype)
         torch.testing.assert_close(gemv(w, x2, mode=SILU, config=cfg), lin(ref, w), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_gemv_consumers_match_unsplit(dtype) -> None:
+    """Split-K partials reduced by the norm, SiLU and rope kernels == the unsplit projection
+    followed by the ordinary ops (Llama-8B-like widths, several split counts)."""
+    from engine.attention import write_kv
+    from engine.model import RMSNorm, RotaryEmbedding
+    from engine.testing import tiny_spec
+    from engine.triton_splitk import (
+        SplitConfig,
+        add_rms_norm_parts,
+        gemv_split,
+        rope_store_kv_parts,
+        silu_and_mul_parts,
+    )
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+
+    def rnd(*s, scale=1.0):
+        return (torch.randn(s, generator=g, device="cuda") * scale).to(dtype)
+
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
+    lin = torch.nn.functional.linear
+    k = 1024
+    for cfg in (SplitConfig(16, 1024, 8), SplitConfig(8, 256, 4), SplitConfig(32, 512, 8)):
+        x = rnd(1, k)
+        # o_proj -> residual add + RMSNorm
+        w = rnd(512, k, scale=0.03)
+        res = rnd(1, 512)
+        norm = RMSNorm(512, 1e-5).cuda().to(dtype)
+        want_h, want_res = norm.add_forward(lin(x, w), res.clone())
+        got_res = res.clone()
+        got_h = add_rms_norm_parts(gemv_split(w, x, cfg), got_res, norm.weight, 1e-5)
+        torch.testing.assert_close(got_res, want_res, **tol)
+        torch.testing.assert_close(got_h, want_h, **tol)
+        # gate_up -> SiLU-and-multiply
+        w = rnd(2 * 384, k, scale=0.03)
+        gu = lin(x, w).float()
+        want = (torch.nn.functional.silu(gu[:, :384]) * gu[:, 384:]).to(dtype)
+        torch.testing.assert_close(silu_and_mul_parts(gemv_split(w, x, cfg), dtype), want, **tol)
+        # qkv -> rope + KV write (8 q heads, 2 kv heads of 64)
+        spec = tiny_spec("llama", head_dim=64)
+        rot = RotaryEmbedding(spec, 300).cuda()
+        w = rnd((8 + 4) * 64, k, scale=0.03)
+        qkv = lin(x, w)
+        q, kk, v = qkv[:, :512].view(1, 8, 64), qkv[:, 512:640].view(1, 2, 64), qkv[:, 640:].view(1, 2, 64)
+        pos = torch.tensor([77], device="cuda")
+        slots = torch.tensor([21], device="cuda")
+        wq, wk = rot(pos, q, kk)
+        kc, vc = torch.zeros((3, 16, 2, 64), device="cuda", dtype=dtype), None
+        vc = torch.zeros_like(kc)
+        write_kv(wk, v, kc, vc, slots)
+        kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
+        gq = rope_store_kv_parts(
+            gemv_split(w, x, cfg), 8, 2, 64, pos, rot.cos, rot.sin, kc2, vc2, slots, dtype
+        )
+        torch.testing.assert_close(gq, wq, **tol)
+        torch.testing.assert_close(kc2, kc, **tol)
+        torch.testing.assert_close(vc2, vc, **tol)
