@@ -6,6 +6,7 @@ Cases (each runs in a fresh subprocess so that its peak RSS is its own):
   conversation trace (prompt + output capped at 4096), Poisson arrivals at 4 req/s;
   per-request results written, no iteration log, no plots. (The configuration of Vidur's
   published speed figure, so the numbers are comparable.)
+- `vidur-tp4`: the same with TP 4 x PP 1 (one stage), for comparison.
 - `mooncake`: the full Mooncake conversation trace on one Llama-3.1-8B H100 replica, prefix
   caching on.
 
@@ -44,12 +45,13 @@ def run_case(case: str, n: int) -> dict:
     from traces.loaders import load_trace
     from traces.transforms import cap_lengths
 
-    if case == "vidur":
+    if case in ("vidur", "vidur-tp4"):
         src = cap_lengths(_azure_lengths(), max_total=4096)
         pairs = EmpiricalPairs.from_trace(src)
         trace = synthetic_trace(n, 4.0, pairs, seed=0, name=f"azure-conv-poisson4-{n}")
         cfg = SimConfig(
-            model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=4,
+            model="llama-2-70b", accelerator="a100-80gb", num_replicas=4,
+            tp=2 if case == "vidur" else 4, pp=2 if case == "vidur" else 1,
             router="least-work", max_num_batched_tokens=512, max_num_seqs=128,
             enable_prefix_caching=False, record_iterations=False,
         )
@@ -87,7 +89,7 @@ def run_case(case: str, n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["vidur", "mooncake"])
+    ap.add_argument("--case", choices=["vidur", "vidur-tp4", "mooncake"])
     ap.add_argument("--n", type=int, help="requests (vidur case)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
@@ -99,7 +101,7 @@ def main() -> int:
     plan = [(args.case, args.n)] if args.case else everything
     rows = []
     for case, n in plan:
-        if case == "vidur" and not n:
+        if case.startswith("vidur") and not n:
             n = 10_000
         cmd = [sys.executable, "-m", "benchmarks.bench_sim", "--inline", "--case", case]
         cmd += ["--n", str(n)] if n else []
