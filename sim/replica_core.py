@@ -185,7 +185,8 @@ class ReplicaCore:
         """True when the next iterations will repeat this batch until something finishes,
         arrives or runs out of KV: every running sequence decodes and nobody waits."""
         return (
-            not self.waiting
+            self.scheduler.repeats_steady_decode
+            and not self.waiting
             and not batch.preempted
             and len(batch.seqs) == len(self.running)
             and all(n == 1 for n in batch.num_new_tokens)

@@ -31,6 +31,10 @@ class SchedulerConfig:
 class Scheduler(Protocol):
     name: str
     config: SchedulerConfig
+    # True when, with nobody waiting and every running sequence decoding in the batch just
+    # chosen, the next decisions repeat that batch until something arrives, finishes or runs out
+    # of KV. The simulator only jumps over decode stretches for schedulers that promise this.
+    repeats_steady_decode: bool
 
     def enqueue(self, waiting: deque[Sequence], seq: Sequence) -> None:
         """Put a newly arrived (or preempted) sequence where this policy wants it in `waiting`."""

@@ -30,6 +30,7 @@ def preempt(seq: Sequence, kv: BlockManager) -> int:
 @SCHEDULERS.register("fcfs")
 class FCFSScheduler:
     name = "fcfs"
+    repeats_steady_decode = True
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config or SchedulerConfig()
