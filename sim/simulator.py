@@ -19,7 +19,7 @@ from collections import deque
 import numpy as np
 import simpy
 
-from backends.cost_model import COST_MODELS, CostModel, ParallelLayout
+from backends.cost_model import COST_MODELS, BatchShape, CostModel, ParallelLayout
 from policies.kv.block_manager import BlockManager
 from policies.routing.base import ROUTERS, Router
 from policies.scheduling.base import SCHEDULERS, SchedulerConfig
@@ -206,17 +206,18 @@ class Simulation:
                 core.on_arrival = None
                 done[0] = None
                 continue
-            if self.cfg.jump and _steady_pipeline(core, batch, inflight):
+            shape = core.shape(batch)
+            if self.cfg.jump and _steady_pipeline(core, batch, shape, inflight):
                 yield from self._pipelined_decode_run(core, batch, inflight, stage_free, track)
                 if stage_free[0] > env.now:
                     yield env.timeout(stage_free[0] - env.now)
                 continue
-            st = cost.stage_time(core.shape(batch))
+            st = cost.stage_time(shape)
             t = now
             for i in range(pp):
                 t = max(t, stage_free[i]) + st
                 stage_free[i] = t
-            track(batch, now, t)
+            track(batch, now, t).pure_decode = not shape.prefill
             # Stage 0 takes the next micro-batch once it is free.
             yield env.timeout(stage_free[0] - now)
 
@@ -382,27 +383,29 @@ class Simulation:
 class _MicroBatch:
     """A batch inside the pipeline: entered stage 0 at `start`, leaves the last at `end`."""
 
-    __slots__ = ("batch", "start", "end", "cancelled")
+    __slots__ = ("batch", "start", "end", "cancelled", "pure_decode")
 
-    def __init__(self, batch: ScheduledBatch, start: float, end: float) -> None:
+    def __init__(self, batch: ScheduledBatch, start: float, end: float, pure_decode: bool = True) -> None:
         self.batch = batch
         self.start = start
         self.end = end
         self.cancelled = False
+        self.pure_decode = pure_decode  # every sequence computes only its last sampled token
 
 
-def _steady_pipeline(core: ReplicaCore, batch: ScheduledBatch, inflight: list[_MicroBatch]) -> bool:
-    """Every running sequence decodes, in `batch` or in a micro-batch in flight, and nobody waits."""
-    if core.waiting or batch.preempted:
+def _steady_pipeline(
+    core: ReplicaCore, batch: ScheduledBatch, shape: BatchShape, inflight: list[_MicroBatch]
+) -> bool:
+    """Every running sequence decodes, in `batch` or in a micro-batch in flight, nobody waits,
+    and the scheduler promises to repeat such batches."""
+    if core.waiting or batch.preempted or shape.prefill or not core.scheduler.repeats_steady_decode:
         return False
-    n = len(batch.seqs) + sum(len(mb.batch.seqs) for mb in inflight)
-    if n != len(core.running):
-        return False
-    for bt in [batch] + [mb.batch for mb in inflight]:
-        for s, k in zip(bt.seqs, bt.num_new_tokens):
-            if k != 1 or s.num_output_tokens == 0 or s.num_computed_tokens + 1 != s.num_tokens:
-                return False
-    return True
+    n = len(batch.seqs)
+    for mb in inflight:
+        if not mb.pure_decode:
+            return False
+        n += len(mb.batch.seqs)
+    return n == len(core.running)
 
 
 def simulate(trace: Trace, cfg: SimConfig, cost: CostModel | None = None) -> RunResult:
