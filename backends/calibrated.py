@@ -1,44 +1,77 @@
-"""Calibrated cost model: iteration time as a sum of physically shaped terms fitted to a measured profile.
+"""Calibrated cost model: iteration time as physically shaped terms fitted to a measured profile.
 
 The analytic model (`backends/analytic.py`) predicts from datasheet peaks and assumed
 efficiencies; this one predicts from what `engine/profiler.py` measured on the device itself.
 It follows the approach of Vidur (Agrawal et al., MLSys 2024), which profiles operators on the
 target GPU and fits a model to interpolate between measured shapes, but fits one whole engine step
 per iteration, because what the simulator needs is the step time the engine actually exhibits
-(kernel launches, CUDA-graph padding and Python input preparation included).
+(kernel launches, CUDA-graph padding and Python input preparation included). Every coefficient is
+fitted from the profile alone (non-negative, on relative error, so a 5 ms decode step weighs as
+much as a 500 ms prefill).
 
-Terms (seconds; every coefficient >= 0, fitted by non-negative least squares on relative error,
-so a 5 ms decode step weighs as much as a 500 ms prefill):
+Decode steps ("decode" group: pure decodes, and with CUDA graphs any step in which every sequence
+computes one token, since the decode graph runs those whole; see `as_decode`). With n sequences
+run as B rows (n padded to its CUDA-graph bucket, or n without graphs), summed attended context
+ctx and longest single context max_ctx:
 
-  execute, iterations with a prefill chunk ("prefill" group: prefill-only and mixed batches)
-    fixed                    launches, LM-head weight read, per-step Python
-    token * T                GEMMs, norms, activations of all T new tokens
-    token>k * max(0, T - k)  extra slope past knot k: the GEMMs turn from weight-bound to
-                             compute-bound (the roofline knee); piecewise linear, convex
-    prefill_attn * sum n*(c + (n+1)/2)   causal attention FLOPs of each chunk (n new, c cached)
-    prefill_kv * sum (c + n)             KV bytes the chunk attention reads
-    decode_ctx * sum of decode contexts  decode attention of the batch's decodes
-    seq * S                  per-sequence work: LM-head rows, sampling, block tables
-  execute, decode steps ("decode" group: pure decodes, and with CUDA graphs any step in which every
-  sequence computes one token, since the decode graph runs those whole; see `as_decode`)
-    fixed, row * B, row>k * max(0, B - k)   B = rows the step computes: the batch padded to its
-                             CUDA-graph bucket when graphs are on, else the batch size
-    batched * [B > 1]        with graphs: what batch 1 saves when its graph uses the fused
-                             GEMV kernels instead of cuBLAS (0 when it does not)
-    seq * n                  per real sequence (LM-head rows and sampling skip the padding)
-    decode_ctx * sum of contexts   split-KV paged attention reads every attended token's K and V
-  CPU work outside the step (fitted separately for the scheduler and the bookkeeping)
-    fixed + seq * S + prefill_seq * P + prefill_token * prefill tokens (prompt hashing)
+    execute = A[B] + seq * n + b[B] * ctx + longest * max_ctx / S[B]
 
-A pure-decode batch of n sequences therefore costs exactly a(n) + b * decode_context, with
-b the decode group's decode_ctx coefficient and a(n) everything else, which is what
-`decode_line` returns and what `stage_time` computes for such a batch (the simulator's jump
-over steady decode stretches relies on this identity).
+  A[B], b[B]   a line per row count B, fitted from the profile's samples of that B and interpolated
+               linearly in B between profiled ones. Per-B lines, not one slope: the measured cost per
+               context token falls from ~50 ns at batch 1 to ~33 ns at batch 64 on an H200 and jumps
+               with wave quantisation past it; one shared slope left the profile's own decode
+               samples up to 28% off.
+  longest      the paged-attention kernel's critical path. The Triton decode kernel
+               (engine/triton_attention.py) runs one program per (sequence, KV head, split) and
+               splits the key range S ways only while the grid would leave SMs idle (Flash-Decoding,
+               Dao et al. 2023); a step lasts until its longest program ends, so a batch with one
+               30k-token context and eight 5k ones costs about what its 30k one alone does, not
+               what 70k evenly spread tokens do. Uniform profile contexts already pin this term:
+               for uniform batches max_ctx = ctx / n, and n * b(n) * S[B] is constant (~1.5 us
+               per token on an H200) exactly where the kernel is critical-path bound (n <= 48).
+  S[B]         the kernel's split count for the graph of B rows (worst-case context, as captured;
+               `triton_decode_splits` mirrors the kernel's heuristic), which depends on the device's
+               SM count. The profile header does not record it: it comes from the datasheet table
+               `_SM_COUNTS` by device name, else it is chosen among all SM counts as the one whose
+               split plan fits the decode samples best (reported with the SM range giving that plan;
+               rows profiled at two batch sizes identify it, noisily). The torch attention backend and
+               CPU devices have no such kernel: no longest term there.
 
-Limits: the model reproduces the profiled configuration only (tp/pp, dtype, block size and the
-CUDA-graph buckets as recorded); shapes beyond the profiled grid are extrapolated linearly from
-the last knot. A prefill chunk that does not reach the end of its prompt skips the LM head and
-sampling in the engine; the profile times final chunks, so such steps are slightly overestimated.
+  Each context grows by one token per iteration, so ctx grows by n and max_ctx by 1: a steady
+  decode stretch still costs a + b * ctx + c * max_ctx per iteration, linear, which is what
+  `decode_line` returns and what `stage_time` computes for such a batch (the simulator's jump over
+  steady decode stretches relies on this identity, bit for bit).
+
+Eager steps ("prefill" group: prefill-only and mixed batches). Python launches the eager forward
+kernel by kernel while the GPU runs them, so the step takes as long as the slower of the two:
+
+    execute = max(cpu, gpu)
+    cpu = cpu_fixed + cpu_seq * S                 launches and input preparation (S sequences)
+    gpu = fixed + token * T + token>k * max(0, T - k)    GEMMs of the T new tokens: weight-bound,
+                                                  then compute-bound past the roofline knee
+          + prefill_attn * sum n * (c + (n + 1) / 2)     causal attention FLOPs per chunk
+          + decode_ctx * ctx                      KV the decodes' attention reads in bulk
+          + longest * max(max_ctx, max (c + n))   the attention launch's longest program (eager
+                                                  steps never split: every decode program reads
+                                                  its whole context, a chunk's last tile its prefix
+                                                  and itself); so a 2k chunk next to a 30k-context
+                                                  decode waits for that decode
+  A sum instead of the max charged the ~15 ms of Python launch time of a small eager step on top of
+  the GPU time of a large one and so misplaced the attention terms. With the torch attention
+  backend (one call per sequence) the last term is prefill_kv * sum (c + n) instead; on a CPU device
+  the two parts share the cores and add up.
+
+CPU work outside the step (scheduler decision, bookkeeping) is fitted from the profile's overhead
+records: fixed + seq * S + prefill_seq * P + prefill_token * prefill tokens, and for the bookkeeping
+also hashed tokens. The profiler's scheduler state starts with unhashed contexts, so its bookkeeping
+hashes every full block of every context once; in serving a block is hashed once, when it fills, i.e.
+per new token. The fit therefore takes the hashing cost per context token from the profile and
+charges it per new token.
+
+Limits: the model reproduces the profiled configuration only (tp/pp, dtype, block size, CUDA-graph
+buckets, max_model_len); shapes beyond the profiled grid are extrapolated from the nearest profiled
+ones. The engine loop's own per-iteration CPU time (arrival intake, Python between the scheduler,
+the step and the bookkeeping) is not in the profile and so not in the model.
 """
 
 from __future__ import annotations
@@ -50,7 +83,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import least_squares, nnls
 
 from backends.accelerators import AcceleratorSpec
 from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
@@ -58,8 +91,37 @@ from backends.models import ModelArch, get_model
 from backends.profile import OverheadSample, Profile, ShapeSample, canonical_dtype
 
 PREFILL_KNOT_LADDER: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-DECODE_KNOT_LADDER: tuple[int, ...] = (8, 16, 32, 64, 128, 192)
 _MIN_SIDE = 2  # distinct profiled sizes needed on each side of a knot to identify its slope change
+# Launch constants of the Triton decode kernel's split-KV heuristic (engine/triton_attention.py,
+# TritonPagedAttention.num_splits): key tile width and the largest split count.
+SPLIT_BLOCK_N = 64
+SPLIT_MAX = 32
+SM_CANDIDATES = range(1, 1025)  # SM counts tried when the device is not in _SM_COUNTS
+# Streaming multiprocessors per device, from NVIDIA's architecture whitepapers and datasheets (GH100:
+# 132 on H100 SXM5 / NVL and H200, 114 on H100 PCIe; GA100: 108; GV100: 80; AD102: 142 on L40S, 128 on
+# RTX 4090; AD104: 58 on L4; GA102: 72 on A10). Keyed by lower-case substrings of
+# torch.cuda.get_device_name(); first match wins, so the more specific names come first.
+_SM_COUNTS: tuple[tuple[str, int], ...] = (
+    ("h100 pcie", 114),
+    ("h100", 132),
+    ("h200", 132),
+    ("a100", 108),
+    ("a800", 108),
+    ("v100", 80),
+    ("l40s", 142),
+    ("rtx 4090", 128),
+    ("l4", 58),
+    ("a10", 72),
+)
+
+
+def datasheet_sm_count(device: str) -> int | None:
+    """SM count of a CUDA device by its name, or None when it is not in the table."""
+    name = device.lower()
+    for key, sms in _SM_COUNTS:
+        if re.search(rf"(^|[^a-z0-9]){re.escape(key)}($|[^a-z0-9])", name):
+            return sms
+    return None
 _SHAPE_FIELDS = (
     "num_layers",
     "hidden_size",
@@ -69,11 +131,27 @@ _SHAPE_FIELDS = (
     "intermediate_size",
     "vocab_size",
 )
+_GPU_BASE = ("fixed", "token")
+_CPU_TERMS = ("cpu_fixed", "cpu_seq")
+_SCHEDULE_TERMS = ("fixed", "seq", "prefill_seq", "prefill_token")
+_COMPLETE_TERMS = (*_SCHEDULE_TERMS, "hashed_token")
+
+
+def triton_decode_splits(rows: int, kv_heads: int, num_sms: int, max_context: int) -> int:
+    """Split-KV parts the Triton decode kernel launches for `rows` sequences (a mirror of
+    `TritonPagedAttention.num_splits`): split only while the (sequence, KV head) grid would leave
+    SMs idle and contexts are long enough, aiming at two programs per SM, at most SPLIT_MAX."""
+    programs = rows * kv_heads
+    if programs >= num_sms or max_context <= 2 * SPLIT_BLOCK_N:
+        return 1
+    by_sms = -(-2 * num_sms // programs)
+    by_len = -(-max_context // (2 * SPLIT_BLOCK_N))
+    return max(1, min(by_sms, by_len, SPLIT_MAX))
 
 
 @dataclass(frozen=True)
 class TermFit:
-    """One fitted linear model: coefficient per named term, and how well it reproduces its samples."""
+    """One fitted model: coefficient per named term, and how well it reproduces its samples."""
 
     terms: tuple[str, ...]
     coef: tuple[float, ...]
@@ -100,14 +178,76 @@ class TermFit:
         }
 
 
+def _col_scale(A: np.ndarray) -> np.ndarray:
+    s = np.abs(A).max(axis=0) if A.size else np.ones(A.shape[1])
+    s[s == 0] = 1.0
+    return s
+
+
 def _nnls_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """argmin_{c >= 0} sum(((X c - y) / y)^2), with columns scaled for conditioning."""
-    w = 1.0 / np.maximum(y, 1e-9)
-    A = X * w[:, None]
-    scale = np.abs(A).max(axis=0)
-    scale[scale == 0] = 1.0
+    A = X / np.maximum(y, 1e-12)[:, None]
+    scale = _col_scale(A)
     c, _ = nnls(A / scale, np.ones(len(y)), maxiter=50 * X.shape[1])
     return c / scale
+
+
+def _fit_slower_of_two(G: np.ndarray, C: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g, c) >= 0 minimising sum(((max(G g, C c) - y) / y)^2): two affine models of which the
+    slower one sets each sample (GPU work and the CPU launching it, overlapped).
+
+    Started from three points (all GPU; CPU floor on the fastest samples and GPU on the rest; the
+    alternating assignment fit from there) and refined by bounded least squares with the exact
+    piecewise Jacobian; the best end point wins. Deterministic."""
+    w = 1.0 / y
+    Gs, Cs = G * w[:, None], C * w[:, None]
+    sg, sc = _col_scale(Gs), _col_scale(Cs)
+    Gs, Cs = Gs / sg, Cs / sc
+    ng, nc = G.shape[1], C.shape[1]
+    ones = np.ones(len(y))
+
+    def nn(A: np.ndarray, sel: np.ndarray) -> np.ndarray:
+        if sel.sum() == 0:
+            return np.zeros(A.shape[1])
+        return nnls(A[sel], ones[sel], maxiter=50 * A.shape[1])[0]
+
+    def fun(p: np.ndarray) -> np.ndarray:
+        return np.maximum(Gs @ p[:ng], Cs @ p[ng:]) - 1.0
+
+    def jac(p: np.ndarray) -> np.ndarray:
+        gpu = Gs @ p[:ng] >= Cs @ p[ng:]
+        J = np.zeros((len(y), ng + nc))
+        J[gpu, :ng] = Gs[gpu]
+        J[~gpu, ng:] = Cs[~gpu]
+        return J
+
+    all_rows = np.ones(len(y), dtype=bool)
+    starts = [np.concatenate([nn(Gs, all_rows), np.zeros(nc)])]
+    floor = y <= np.quantile(y, 0.25)
+    p = np.concatenate([nn(Gs, ~floor if (~floor).sum() >= ng else all_rows), nn(Cs, floor)])
+    starts.append(p.copy())
+    for _ in range(30):  # alternating assignment (the classic max-affine fit)
+        gpu = Gs @ p[:ng] >= Cs @ p[ng:]
+        q = np.concatenate([nn(Gs, gpu), nn(Cs, ~gpu)])
+        if np.allclose(q, p, rtol=1e-12, atol=1e-15):
+            break
+        p = q
+    starts.append(p)
+    best: tuple[float, np.ndarray] | None = None
+    for p0 in starts:
+        cost0 = float(np.sum(fun(p0) ** 2))
+        r = least_squares(
+            fun, p0, jac=jac, bounds=(0.0, np.inf), method="trf", xtol=1e-13, ftol=1e-13, gtol=1e-13,
+            max_nfev=500 * (ng + nc),
+        )
+        p1 = np.maximum(r.x, 0.0)
+        cost1 = float(np.sum(fun(p1) ** 2))
+        cand = (cost1, p1) if cost1 <= cost0 else (cost0, p0)
+        if best is None or cand[0] < best[0]:
+            best = cand
+    assert best is not None
+    p = best[1]
+    return p[:ng] / sg, p[ng:] / sc
 
 
 def _knots(values: list[int], ladder: tuple[int, ...], budget: int) -> tuple[int, ...]:
@@ -119,38 +259,42 @@ def _knots(values: list[int], ladder: tuple[int, ...], budget: int) -> tuple[int
     return tuple(ks)
 
 
-def _prefill_terms(knots: tuple[int, ...]) -> tuple[str, ...]:
-    return (
-        "fixed",
-        "token",
-        *(f"token>{k}" for k in knots),
-        "prefill_attn",
-        "prefill_kv",
-        "decode_ctx",
-        "seq",
-    )
+def _even_max(num_decode: int, decode_context: int) -> int:
+    """The longest context of `num_decode` decodes whose contexts sum to `decode_context`, spread as
+    evenly as possible (what a shape without `decode_max_context` stands for)."""
+    return -(-decode_context // num_decode) if num_decode else 0
 
 
-def _prefill_row(prefill, nd: int, ctx: int, knots: tuple[int, ...]) -> list[float]:
-    t = nd
+def _decode_max(shape: BatchShape) -> int:
+    return shape.decode_max_context or _even_max(shape.num_decode, shape.decode_context)
+
+
+def _gpu_row(shape: BatchShape, knots: tuple[int, ...], one_launch: bool) -> list[float]:
+    """Device-side regressors of an eager step. `one_launch`: the attention of the whole batch is one
+    kernel launch (Triton), so its longest program sets its length; otherwise (the reference path,
+    one call per sequence) each chunk's KV read adds up."""
+    t = shape.num_decode
     attn = 0.0
-    kvt = 0
-    for n, c in prefill:
+    longest = _decode_max(shape)
+    kv = 0
+    for n, c in shape.prefill:
         t += n
         attn += n * (c + (n + 1) * 0.5)
-        kvt += c + n
+        kv += c + n
+        if c + n > longest:
+            longest = c + n
     return [
         1.0,
         float(t),
         *(float(max(0, t - k)) for k in knots),
         attn,
-        float(kvt),
-        float(ctx),
-        float(nd + len(prefill)),
+        float(shape.decode_context),
+        float(longest if one_launch else kv),
     ]
 
 
-_OVERHEAD_TERMS = ("fixed", "seq", "prefill_seq", "prefill_token")
+def _cpu_row(shape: BatchShape) -> list[float]:
+    return [1.0, float(shape.num_seqs)]
 
 
 def _overhead_row(o: OverheadSample) -> list[float]:
@@ -170,7 +314,8 @@ class CalibratedCostModel:
     positional arguments as the analytic model plus `profile=`:
     `COST_MODELS.create("calibrated", model, accelerator, layout, dtype="bf16", profile=path)`.
     The positional arguments are checks, not inputs: the model's shape, the dtype and the layout
-    must match the profile's (a profile holds one configuration), else ValueError.
+    must match the profile's (a profile holds one configuration), else ValueError. `num_sms` fixes
+    the SM count of the decode kernel's split plan instead of choosing it from the profile.
     """
 
     name = "calibrated"
@@ -183,6 +328,7 @@ class CalibratedCostModel:
         dtype: str | None = None,
         *,
         profile: Profile | str | Path | None = None,
+        num_sms: int | None = None,
     ) -> None:
         if profile is None:
             raise ValueError(
@@ -217,11 +363,25 @@ class CalibratedCostModel:
                     f"{src}: measured on {h.device!r}, but accelerator {acc_name!r} was asked "
                     f"for; profile that device or use cost model 'analytic'"
                 )
+        if num_sms is not None and num_sms < 1:
+            raise ValueError(f"num_sms must be >= 1, got {num_sms}")
         self.buckets = tuple(h.graph_buckets) if h.cuda_graphs else ()
-        self._batched = False  # decided from the samples in _fit
+        self.kv_heads = max(1, int(h.model_config["num_kv_heads"]) // h.tp)
+        # The Triton kernel runs one program per (sequence, KV head[, split]) in one launch: critical path.
+        self.splits_apply = h.attention_backend == "triton" and h.device_kind == "cuda"
+        if self.splits_apply and num_sms is None:
+            num_sms = datasheet_sm_count(h.device)
+            self.sm_source = "datasheet" if num_sms is not None else "fitted"
+        else:
+            self.sm_source = "given"
+        # On an accelerator Python launches kernels while earlier ones run; on a CPU both share the cores.
+        self.overlapped = h.device_kind != "cpu"
+        self._attn_term = "longest" if self.splits_apply else "prefill_kv"
+        self.num_sms: int | None = num_sms if self.splits_apply else None
+        self.sm_range: tuple[int, int] | None = None  # SM counts giving the chosen split plan
         self.notes: list[str] = []
         self._fit()
-        self._decode_cache: dict[int, tuple[float, float]] = {}
+        self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedCostModel:
@@ -242,7 +402,7 @@ class CalibratedCostModel:
                 f"{model.name!r} ({'; '.join(diff)}); profile that model"
             )
 
-    # ------------------------------------------------------------------------ fitting
+    # ------------------------------------------------------------------------ shapes
     def rows(self, n: int) -> int:
         """Rows a decode step of n sequences computes: n padded to its CUDA-graph bucket."""
         b = self.buckets
@@ -250,127 +410,261 @@ class CalibratedCostModel:
             return n
         return b[bisect.bisect_left(b, n)]
 
-    def as_decode(self, shape: BatchShape) -> tuple[int, int] | None:
-        """(sequences, summed attended context) when the engine runs `shape` as a decode step, else None.
+    def splits(self, rows: int, num_sms: int | None = None) -> int:
+        """Split-KV parts of the decode attention for `rows` rows (1 without the Triton kernel)."""
+        sms = self.num_sms if num_sms is None else num_sms
+        if not self.splits_apply or sms is None:
+            return 1
+        return triton_decode_splits(rows, self.kv_heads, sms, self.profile.header.max_model_len)
+
+    def as_decode(self, shape: BatchShape) -> tuple[int, int, int] | None:
+        """(sequences, summed attended context, longest context) when the engine runs `shape` as a
+        decode step, else None.
 
         That is a pure decode, and, with CUDA graphs, any step in which every sequence computes
         exactly one token: the decode graph takes it whole, so a 1-token prefill chunk (what is left
         of a prompt after a full prefix-cache hit) rides along as a decode of context cached + 1.
         """
         if not shape.prefill:
-            return (shape.num_decode, shape.decode_context) if shape.num_decode else None
+            return (shape.num_decode, shape.decode_context, _decode_max(shape)) if shape.num_decode else None
         b = self.buckets
         if b and shape.num_seqs <= b[-1] and all(n == 1 for n, _ in shape.prefill):
-            return shape.num_seqs, shape.decode_context + sum(c + 1 for _, c in shape.prefill)
+            longest = max([_decode_max(shape)] + [c + 1 for _, c in shape.prefill])
+            return shape.num_seqs, shape.decode_context + sum(c + 1 for _, c in shape.prefill), longest
         return None
 
-    def _decode_row(self, n: int, ctx: int, knots: tuple[int, ...]) -> list[float]:
-        r = self.rows(n)
-        row = [1.0]
-        if self._batched:
-            row.append(1.0 if r > 1 else 0.0)
-        row += [float(r), *(float(max(0, r - k)) for k in knots)]
-        if self.buckets:
-            row.append(float(n))
-        row.append(float(ctx))
-        return row
+    # ------------------------------------------------------------------------ fitting: decode
+    def _decode_design(
+        self, nc: list[tuple[int, int, int]], keys: list[int], split: tuple[int, ...]
+    ) -> np.ndarray:
+        idx = {k: i for i, k in enumerate(keys)}
+        nk = len(keys)
+        X = np.zeros((len(nc), 2 * nk + (1 if self.buckets else 0) + (1 if self.splits_apply else 0)))
+        for r, (n, ctx, mx) in enumerate(nc):
+            i = idx[self.rows(n)]
+            X[r, i] = 1.0
+            X[r, nk + i] = ctx
+            if self.buckets:
+                X[r, 2 * nk] = n
+            if self.splits_apply:
+                X[r, -1] = mx / split[i]
+        return X
 
-    def _decode_terms(self, knots: tuple[int, ...]) -> tuple[str, ...]:
-        return (
-            "fixed",
-            *(("batched",) if self._batched else ()),
-            "row",
-            *(f"row>{k}" for k in knots),
-            *(("seq",) if self.buckets else ()),
-            "decode_ctx",
-        )
-
-    def _fit_group(self, samples: list[ShapeSample], group: str) -> TermFit:
+    def _fit_decode(self, samples: list[ShapeSample]) -> TermFit:
         src = self.profile_path or "profile"
-        if group == "decode":
-            nc = [self.as_decode(s.shape) for s in samples]
-            base = len(self._decode_terms(()))
-            knots = _knots([self.rows(n) for n, _ in nc], DECODE_KNOT_LADDER, len(samples) - base - 2)
-            terms = self._decode_terms(knots)
-            X = np.array([self._decode_row(n, ctx, knots) for n, ctx in nc])
-        else:
-            base = len(_prefill_terms(()))
-            knots = _knots(
-                [s.shape.num_tokens for s in samples], PREFILL_KNOT_LADDER, len(samples) - base - 2
+        nc_all = [self.as_decode(s.shape) for s in samples]
+        by_key: dict[int, set[int]] = {}
+        for n, ctx, _ in nc_all:  # type: ignore[misc]
+            by_key.setdefault(self.rows(n), set()).add(ctx)
+        keys = sorted(k for k, ctxs in by_key.items() if len(ctxs) >= 2)
+        if not keys:
+            raise ValueError(
+                f"{src}: the decode group needs, for at least one batch size, samples at two or more "
+                f"contexts ({len(samples)} decode sample(s)); profile a larger grid"
             )
-            terms = _prefill_terms(knots)
-            X = np.array([_prefill_row(s.prefill, s.num_decode, s.decode_context, knots) for s in samples])
+        thin = sorted(set(by_key) - set(keys))
+        if thin:
+            self.notes.append(
+                f"decode rows {thin}: fewer than two contexts profiled, so their lines are interpolated "
+                "from neighbouring rows (their samples are reported but not fitted)"
+            )
+        use = [i for i, x in enumerate(nc_all) if self.rows(x[0]) in keys]  # type: ignore[index]
+        nc = [nc_all[i] for i in use]
+        y = np.array([samples[i].median_s for i in use])
+        # The split plan: given, or the SM count whose plan fits best (ties: the smallest count).
+        if self.splits_apply and self.num_sms is None:
+            plans: dict[tuple[int, ...], list[int]] = {}
+            for sms in SM_CANDIDATES:
+                plans.setdefault(tuple(self.splits(k, sms) for k in keys), []).append(sms)
+            best = None
+            for plan, sms_list in plans.items():
+                X = self._decode_design(nc, keys, plan)
+                c = _nnls_relative(X, y)
+                sse = float(np.sum(((X @ c - y) / y) ** 2))
+                if best is None or sse < best[0] * (1 - 1e-9):
+                    best = (sse, plan, sms_list)
+            assert best is not None
+            self.num_sms = best[2][0]
+            self.sm_range = (best[2][0], best[2][-1])
+        plan = tuple(self.splits(k) for k in keys)
+        X = self._decode_design(nc, keys, plan)
+        coef = _nnls_relative(X, y)
+        nk = len(keys)
+        self._dec_keys = keys
+        self._dec_a = [float(v) for v in coef[:nk]]
+        self._dec_b = [float(v) for v in coef[nk : 2 * nk]]
+        self._dec_seq = float(coef[2 * nk]) if self.buckets else 0.0
+        self._dec_longest = float(coef[-1]) if self.splits_apply else 0.0
+        terms = (
+            *(f"fixed[{k}]" for k in keys),
+            *(f"ctx[{k}]" for k in keys),
+            *(("seq",) if self.buckets else ()),
+            *(("longest",) if self.splits_apply else ()),
+        )
+        measured = [s.median_s for s in samples]
+        predicted = [self._decode_execute(*x) for x in nc_all]  # type: ignore[misc]
+        return TermFit(terms, tuple(float(c) for c in coef), tuple(keys), tuple(measured), tuple(predicted))
+
+    def _key_line(self, k: int) -> tuple[float, float]:
+        """(A, b) of the decode line for `k` rows: fitted, or interpolated linearly between the nearest
+        fitted row counts (beyond the ends: the end's slope, the intercept extended linearly, never
+        below the end's)."""
+        keys, A, B = self._dec_keys, self._dec_a, self._dec_b
+        i = bisect.bisect_left(keys, k)
+        if i < len(keys) and keys[i] == k:
+            return A[i], B[i]
+        if len(keys) == 1:
+            return A[0], B[0]
+        if i == 0:
+            return A[0], B[0]
+        if i == len(keys):
+            k0, k1 = keys[-2], keys[-1]
+            slope = (A[-1] - A[-2]) / (k1 - k0)
+            return max(A[-1], A[-1] + slope * (k - k1)), B[-1]
+        k0, k1 = keys[i - 1], keys[i]
+        f = (k - k0) / (k1 - k0)
+        return A[i - 1] + f * (A[i] - A[i - 1]), B[i - 1] + f * (B[i] - B[i - 1])
+
+    def _decode_coefs(self, n: int) -> tuple[float, float, float]:
+        """(a, b, c) of the engine's decode step alone: execute = a + b * ctx + c * max_ctx."""
+        r = self.rows(n)
+        A, b = self._key_line(r)
+        return A + self._dec_seq * n, b, self._dec_longest / self.splits(r)
+
+    def _decode_execute(self, n: int, ctx: int, mx: int) -> float:
+        a, b, c = self._decode_coefs(n)
+        return a + b * ctx + c * mx
+
+    # ------------------------------------------------------------------------ fitting: eager
+    def _fit_eager(self, samples: list[ShapeSample]) -> TermFit:
+        src = self.profile_path or "profile"
+        attn_terms = ("prefill_attn", "decode_ctx", self._attn_term)
+        base = len(_GPU_BASE) + len(attn_terms) + len(_CPU_TERMS)
+        knots = _knots([s.shape.num_tokens for s in samples], PREFILL_KNOT_LADDER, len(samples) - base - 2)
+        gpu_terms = (*_GPU_BASE, *(f"token>{k}" for k in knots), *attn_terms)
+        terms = (*gpu_terms, *_CPU_TERMS)
         if len(samples) < len(terms):
             raise ValueError(
-                f"{src}: {len(samples)} {group} sample(s), but fitting the {group} group needs at "
+                f"{src}: {len(samples)} prefill sample(s), but fitting the prefill group needs at "
                 f"least {len(terms)} ({', '.join(terms)}); profile a larger grid"
             )
+        shapes = [s.shape for s in samples]
+        G = np.array([_gpu_row(s, knots, self.splits_apply) for s in shapes])
+        C = np.array([_cpu_row(s) for s in shapes])
         y = np.array([s.median_s for s in samples])
-        coef = _nnls_relative(X, y)
+        if self.overlapped:
+            g, c = _fit_slower_of_two(G, C, y)
+        else:
+            both = _nnls_relative(np.column_stack([G, C]), y)
+            g, c = both[: G.shape[1]], both[G.shape[1] :]
+        if not any(s.num_decode for s in samples):
+            # No mixed batches measured: decode attention inside a mixed step reads its KV at the bulk
+            # rate the decode group measured at its widest batch.
+            g[gpu_terms.index("decode_ctx")] = self._dec_b[-1]
+            self.notes.append(
+                "no mixed samples: the decode_ctx term of the prefill group is the decode group's "
+                "per-token slope at its largest batch"
+            )
+        self._gpu_coef = tuple(float(v) for v in g)
+        self._cpu_coef = tuple(float(v) for v in c)
+        self._pf_knots = knots
+        predicted = np.maximum(G @ g, C @ c) if self.overlapped else G @ g + C @ c
         return TermFit(
-            terms, tuple(float(c) for c in coef), knots, tuple(y.tolist()), tuple((X @ coef).tolist())
+            terms, self._gpu_coef + self._cpu_coef, knots, tuple(y.tolist()), tuple(predicted.tolist())
         )
 
+    def _eager_parts(self, shape: BatchShape) -> tuple[float, float]:
+        """(device, launch) seconds of an eager step: the step takes the larger on an accelerator, the
+        sum on a CPU."""
+        row = _gpu_row(shape, self._pf_knots, self.splits_apply)
+        g = math.fsum(a * x for a, x in zip(self._gpu_coef, row))
+        c = math.fsum(a * x for a, x in zip(self._cpu_coef, _cpu_row(shape)))
+        return g, c
+
+    def _eager_execute(self, shape: BatchShape) -> float:
+        g, c = self._eager_parts(shape)
+        return max(g, c) if self.overlapped else g + c
+
+    # ------------------------------------------------------------------------ fitting: overhead
+    def _fit_overhead(self) -> None:
+        ov = self.profile.overhead
+        if not ov:
+            zero = TermFit(_SCHEDULE_TERMS, (0.0,) * len(_SCHEDULE_TERMS), (), (), ())
+            self.schedule_fit = zero
+            self.complete_fit = TermFit(_COMPLETE_TERMS, (0.0,) * len(_COMPLETE_TERMS), (), (), ())
+            self.notes.append(
+                "no overhead samples: CPU work outside the step (scheduling, bookkeeping) is taken as 0"
+            )
+            return
+        X = np.array([_overhead_row(o) for o in ov])
+        ys = np.maximum(np.array([o.schedule_s for o in ov]), 1e-9)  # a timer tick of 0: undefined
+        yc = np.maximum(np.array([o.complete_s for o in ov]), 1e-9)
+        cs = _nnls_relative(X, ys)
+        self.schedule_fit = TermFit(_SCHEDULE_TERMS, tuple(map(float, cs)), (), tuple(ys), tuple(X @ cs))
+        samples = self.profile.samples
+        aligned = len(samples) == len(ov) and all(
+            s.num_decode + len(s.prefill) == o.num_seqs for s, o in zip(samples, ov)
+        )
+        if aligned:  # the profiler writes one overhead record per shape sample, in the same order
+            hashed = np.array([float(s.decode_context + sum(c + n for n, c in s.prefill)) for s in samples])
+            Xc = np.column_stack([X, hashed])
+            cc = _nnls_relative(Xc, yc)
+        else:
+            Xc = np.column_stack([X, np.zeros(len(ov))])
+            cc = np.append(_nnls_relative(X, yc), 0.0)
+            self.notes.append(
+                "overhead records do not pair with the shape samples: bookkeeping is fitted without "
+                "its hashing term"
+            )
+        self.complete_fit = TermFit(_COMPLETE_TERMS, tuple(map(float, cc)), (), tuple(yc), tuple(Xc @ cc))
+
+    def _overhead(self, s: int, p: int, ptok: int, nd: int) -> float:
+        """Scheduler plus bookkeeping seconds of an iteration of s sequences, p of them prefilling
+        ptok tokens, nd decoding: each new token is hashed once, when its block fills."""
+        a, b = self.schedule_fit.coef, self.complete_fit.coef
+        per_call = (a[0] + b[0]) + (a[1] + b[1]) * s + (a[2] + b[2]) * p
+        return per_call + (a[3] + b[3]) * ptok + b[4] * (ptok + nd)
+
+    # ------------------------------------------------------------------------ fitting: all
     def _fit(self) -> None:
         src = self.profile_path or "profile"
         samples = self.profile.samples
         dec = [s for s in samples if self.as_decode(s.shape) is not None]
         pre = [s for s in samples if self.as_decode(s.shape) is None]
-        # Batch 1 may take its own graph (fused GEMV kernels) that the batched trend does not predict.
-        rows = {self.rows(n) for n, _ in map(self.as_decode, (s.shape for s in dec))}
-        self._batched = bool(self.buckets) and 1 in rows and len(rows) > 1
         if not dec or not pre:
             raise ValueError(
                 f"{src}: needs both pure-decode and prefill samples "
                 f"(has {len(dec)} decode, {len(pre)} with prefill)"
             )
-        self.decode_fit = self._fit_group(dec, "decode")
-        pf = self._fit_group(pre, "prefill")
-        if not any(s.num_decode for s in pre):
-            # No mixed batches measured: decode attention inside a mixed step costs what it costs alone.
-            i = pf.terms.index("decode_ctx")
-            coef = list(pf.coef)
-            coef[i] = self.decode_fit.coef[-1]
-            pf = TermFit(pf.terms, tuple(coef), pf.knots, pf.measured, pf.predicted)
-            self.notes.append(
-                "no mixed samples: the decode_ctx term of the prefill group is the decode group's"
-            )
-        self.prefill_fit = pf
-        ov = self.profile.overhead
-        if ov:
-            X = np.array([_overhead_row(o) for o in ov])
-            self.schedule_fit = self._fit_overhead(X, np.array([o.schedule_s for o in ov]))
-            self.complete_fit = self._fit_overhead(X, np.array([o.complete_s for o in ov]))
-        else:
-            zero = TermFit(_OVERHEAD_TERMS, (0.0,) * len(_OVERHEAD_TERMS), (), (), ())
-            self.schedule_fit = self.complete_fit = zero
-            self.notes.append(
-                "no overhead samples: CPU work outside the step (scheduling, bookkeeping) is taken as 0"
-            )
-        # Plain float tuples for the hot path.
-        self._pf_coef = self.prefill_fit.coef
-        self._pf_knots = self.prefill_fit.knots
-        self._dec_knots = self.decode_fit.knots
-        self._dec_coef = self.decode_fit.coef
-        self._decode_b = self.decode_fit.coef[-1]
-        self._ov = tuple(a + b for a, b in zip(self.schedule_fit.coef, self.complete_fit.coef))
-
-    @staticmethod
-    def _fit_overhead(X: np.ndarray, y: np.ndarray) -> TermFit:
-        y = np.maximum(y, 1e-9)  # a timer tick of 0 would make relative error undefined
-        coef = _nnls_relative(X, y)
-        return TermFit(
-            _OVERHEAD_TERMS, tuple(float(c) for c in coef), (), tuple(y.tolist()), tuple((X @ coef).tolist())
-        )
+        self.decode_fit = self._fit_decode(dec)
+        self.prefill_fit = self._fit_eager(pre)
+        self._fit_overhead()
+        if self.splits_apply:
+            plan = {k: self.splits(k) for k in self._dec_keys}
+            if self.sm_range is not None:
+                lo, hi = self.sm_range
+                how = (
+                    f"chosen from the profile (the device is not in the SM table): the plan of "
+                    f"{lo}{'' if lo == hi else f'-{hi}'} SMs fits the decode samples best"
+                )
+            else:
+                how = f"for {self.num_sms} SMs ({self.sm_source})"
+            self.notes.append(f"decode split-KV plan {plan} (rows: splits), {how}")
 
     # ------------------------------------------------------------------------ evaluation
     @staticmethod
     def _check(shape: BatchShape) -> None:
-        nd, ctx = shape.num_decode, shape.decode_context
+        nd, ctx, mx = shape.num_decode, shape.decode_context, shape.decode_max_context
         if ctx < nd or (nd == 0 and ctx != 0) or nd < 0:
             raise ValueError(
                 f"BatchShape: decode_context ({ctx}) must be >= num_decode ({nd}) and 0 when there "
                 f"are no decode sequences (each decode attends to at least its own token)"
+            )
+        if mx and not (nd and _even_max(nd, ctx) <= mx <= ctx - (nd - 1)):
+            raise ValueError(
+                f"BatchShape: decode_max_context ({mx}) must be 0 (not given) or lie between the even "
+                f"share ({_even_max(nd, ctx) if nd else 0}) and decode_context - (num_decode - 1) "
+                f"({ctx - nd + 1}) for {nd} decode(s) of {ctx} tokens"
             )
         for n, c in shape.prefill:
             if n < 1 or c < 0:
@@ -378,45 +672,38 @@ class CalibratedCostModel:
                     f"BatchShape.prefill entry ({n}, {c}): expected (new tokens >= 1, cached >= 0)"
                 )
 
-    def _overhead(self, s: int, p: int, ptok: int) -> float:
-        o = self._ov
-        return o[0] + o[1] * s + o[2] * p + o[3] * ptok
-
-    def _prefill_execute(self, shape: BatchShape) -> float:
-        row = _prefill_row(shape.prefill, shape.num_decode, shape.decode_context, self._pf_knots)
-        return math.fsum(c * x for c, x in zip(self._pf_coef, row))
-
     def stage_time(self, shape: BatchShape) -> float:
         """Seconds of one iteration: the engine's step plus its CPU scheduling and bookkeeping."""
         self._check(shape)
         if not shape.prefill:
-            if shape.num_decode == 0:
+            nd = shape.num_decode
+            if nd == 0:
                 return 0.0
-            a, b = self.decode_line(shape.num_decode)
-            return a + b * shape.decode_context
+            a, b, c = self.decode_line(nd)
+            return a + b * shape.decode_context + c * _decode_max(shape)
         ptok = sum(n for n, _ in shape.prefill)
-        return self._execute(shape) + self._overhead(shape.num_seqs, len(shape.prefill), ptok)
+        over = self._overhead(shape.num_seqs, len(shape.prefill), ptok, shape.num_decode)
+        return self._execute(shape) + over
 
     def _execute(self, shape: BatchShape) -> float:
         """Seconds of the engine's step alone (`ModelRunner.execute`), from the group that runs it."""
         d = self.as_decode(shape)
         if d is None:
-            return self._prefill_execute(shape)
-        row = self._decode_row(d[0], d[1], self._dec_knots)
-        return math.fsum(c * x for c, x in zip(self._dec_coef, row))
+            return self._eager_execute(shape)
+        return self._decode_execute(*d)
 
-    def decode_line(self, num_decode: int) -> tuple[float, float]:
-        """(a, b) with a pure-decode iteration of `num_decode` sequences costing a + b * decode_context;
-        `stage_time` computes such an iteration from these very numbers."""
+    def decode_line(self, num_decode: int) -> tuple[float, float, float]:
+        """(a, b, c) with a pure-decode iteration of `num_decode` sequences costing
+        a + b * decode_context + c * decode_max_context; `stage_time` computes such an iteration
+        from these very numbers, in that order."""
         if num_decode < 0:
             raise ValueError(f"num_decode must be >= 0, got {num_decode}")
         if num_decode == 0:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         got = self._decode_cache.get(num_decode)
         if got is None:
-            row = self._decode_row(num_decode, 0, self._dec_knots)
-            a = math.fsum(c * x for c, x in zip(self._dec_coef, row)) + self._overhead(num_decode, 0, 0)
-            got = (a, self._decode_b)
+            a, b, c = self._decode_coefs(num_decode)
+            got = (a + self._overhead(num_decode, 0, 0, num_decode), b, c)
             self._decode_cache[num_decode] = got
         return got
 
@@ -431,24 +718,38 @@ class CalibratedCostModel:
         ptok = sum(n for n, _ in shape.prefill)
         row = [1.0, float(s), float(p), float(ptok)]
         sched = sum(c * x for c, x in zip(self.schedule_fit.coef, row))
-        comp = sum(c * x for c, x in zip(self.complete_fit.coef, row))
+        comp = sum(c * x for c, x in zip(self.complete_fit.coef, row + [float(ptok + shape.num_decode)]))
         return {"execute": self._execute(shape), "schedule": sched, "complete": comp}
 
     def breakdown(self, shape: BatchShape) -> dict[str, float]:
         """Seconds per fitted term (execute terms by name, plus 'schedule' and 'complete'), for reports;
-        they sum to `stage_time(shape)` up to rounding."""
+        they sum to `stage_time(shape)` up to rounding. An eager step lists the terms of whichever of
+        its GPU work and its CPU launch work is slower (the other is hidden under it)."""
         parts = self.parts(shape)
         out: dict[str, float] = {}
         if shape.num_seqs:
             d = self.as_decode(shape)
             if d is None:
-                fit = self.prefill_fit
-                row = _prefill_row(shape.prefill, shape.num_decode, shape.decode_context, self._pf_knots)
+                g, c = self._eager_parts(shape)
+                row = _gpu_row(shape, self._pf_knots, self.splits_apply)
+                names = self.prefill_fit.terms[: len(self._gpu_coef)]
+                gpu = zip(names, (a * x for a, x in zip(self._gpu_coef, row)))
+                cpu = zip(_CPU_TERMS, (a * x for a, x in zip(self._cpu_coef, _cpu_row(shape))))
+                if not self.overlapped:
+                    out.update(gpu)
+                    out.update(cpu)
+                else:
+                    out.update(gpu if g >= c else cpu)
             else:
-                fit = self.decode_fit
-                row = self._decode_row(d[0], d[1], self._dec_knots)
-            for t, c, x in zip(fit.terms, fit.coef, row):
-                out[t] = out.get(t, 0.0) + c * x
+                n, ctx, mx = d
+                r = self.rows(n)
+                A, b = self._key_line(r)
+                out = {
+                    "fixed": A,
+                    "seq": self._dec_seq * n,
+                    "decode_ctx": b * ctx,
+                    "longest": self._dec_longest / self.splits(r) * mx,
+                }
         out["schedule"] = parts["schedule"]
         out["complete"] = parts["complete"]
         return out
@@ -496,6 +797,12 @@ class CalibratedCostModel:
             "cost_model": self.describe(),
             "groups": groups,
             "overhead": {"schedule": self.schedule_fit.summary(), "complete": self.complete_fit.summary()},
+            "split_plan": {
+                "num_sms": self.num_sms,
+                "source": self.sm_source if self.splits_apply else None,
+                "sm_range": list(self.sm_range) if self.sm_range else None,
+                "splits": {str(k): self.splits(k) for k in self._dec_keys},
+            },
             "all": {
                 "n": int(e.size),
                 "median_abs_rel_error": float(np.median(e)),

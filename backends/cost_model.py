@@ -32,12 +32,17 @@ class BatchShape:
 
     `prefill` lists, for every sequence that computes more than its last sampled token,
     (new tokens computed now, tokens already in KV before this step). Decode sequences are
-    aggregated: their count and the sum of their attended context (cached tokens + 1).
+    aggregated: their count, the sum of their attended context (cached tokens + 1), and the
+    largest single attended context, because a paged-attention kernel with one program per
+    (sequence, KV head) finishes with its longest program: a batch of one 30k-token context and
+    eight 5k ones costs more than nine 8.3k ones. 0 means "not given": the decodes are then
+    taken to have equal contexts (as a profile's samples do).
     """
 
     prefill: list[tuple[int, int]]
     num_decode: int = 0
     decode_context: int = 0
+    decode_max_context: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -58,10 +63,13 @@ class CostModel(Protocol):
         included; with pp = 1 it is the whole iteration, including per-iteration overhead."""
         ...
 
-    def decode_line(self, num_decode: int) -> tuple[float, float]:
-        """(a, b) such that a pure-decode batch of `num_decode` sequences takes exactly
-        a + b * decode_context seconds per stage. The simulator uses it to jump over runs of
-        iterations in which nothing arrives or finishes, so it must agree with `stage_time`."""
+    def decode_line(self, num_decode: int) -> tuple[float, float] | tuple[float, float, float]:
+        """(a, b) or (a, b, c) such that a pure-decode batch of `num_decode` sequences takes exactly
+        a + b * decode_context + c * decode_max_context seconds per stage (c = 0 when omitted),
+        evaluated in that order. Every decode context grows by one per iteration, so the sum grows by
+        num_decode and the maximum by one: the time stays linear over a run of iterations. The
+        simulator uses it to jump over runs in which nothing arrives or finishes, so it must agree
+        with `stage_time` bit for bit."""
         ...
 
 

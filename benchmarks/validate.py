@@ -21,8 +21,17 @@ The result is a report directory:
   profile.json          the profile the cost model was fitted to
 
 Predicted iteration times need each measured iteration's full shape (prefill chunks with their
-cached prefixes, summed decode context), which the engine's iteration rows do not hold; the
-validation records it by wrapping the engine runner's `execute` for the duration of the replay.
+cached prefixes, summed and longest decode context), which the engine's iteration rows do not hold;
+the validation records it by wrapping the engine runner's `execute` for the duration of the replay.
+
+`recompute` (`python -m benchmarks.validate --recompute DIR [--profile P]`) re-predicts an existing
+report directory without a GPU: it rebuilds the very trace slice the engine served (from the slicing
+recorded in errors.json, or inferred from the measured run and checked against it request by
+request), simulates it with the recorded mirrored configuration and the current cost model, rebuilds
+every measured iteration's shape by replaying the measured iteration boundaries through the same
+`ReplicaCore` the engine ran (checked against the engine's iteration rows), and rewrites the report
+with the previous headline errors kept next to the new ones. That is how a cost-model change is
+judged against runs already measured; the measured runs are the test set, never fitted to.
 """
 
 from __future__ import annotations
@@ -123,7 +132,7 @@ class ValidationResult:
     errors: dict  # what errors.json holds
     iterations: dict[str, np.ndarray]  # per measured iteration (see `iteration_table`)
     trace: Trace  # the slice both sides served (rescaled when a load was asked for)
-    engine: LLMEngine  # reusable for further runs (`validate(..., engine=result.engine)`)
+    engine: LLMEngine | None  # reusable for further runs (`validate(..., engine=...)`); None when recomputed
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -254,14 +263,15 @@ class ShapeTap:
         out = []
         for seqs, counts, computed, outputs in self._raw:
             prefill: list[tuple[int, int]] = []
-            nd = ctx = 0
+            nd = ctx = mx = 0
             for s, n, c, o in zip(seqs, counts, computed, outputs):
                 if n == 1 and o > 0 and c + 1 == s.request.prompt_len + o:  # as ReplicaCore.shape
                     nd += 1
                     ctx += c + 1
+                    mx = max(mx, c + 1)
                 else:
                     prefill.append((n, c))
-            out.append(BatchShape(prefill, nd, ctx))
+            out.append(BatchShape(prefill, nd, ctx, mx))
         return out
 
     def __enter__(self) -> ShapeTap:
@@ -403,20 +413,24 @@ def per_request(measured: RunResult, predicted: RunResult) -> dict[str, np.ndarr
     return out
 
 
-def iteration_table(measured: RunResult, tap: ShapeTap, cost: CalibratedCostModel) -> dict[str, np.ndarray]:
+def iteration_table(
+    measured: RunResult, shapes: list[BatchShape], execute_s: np.ndarray, cost: CalibratedCostModel
+) -> dict[str, np.ndarray]:
     """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
     the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
-    prediction of both for that iteration's shape."""
+    prediction of both for that iteration's shape (`shapes`, from a `ShapeTap` or `replay_shapes`)."""
     it = measured.iterations
     n = len(it["start"])
-    if n != len(tap.seconds):
-        raise RuntimeError(f"engine logged {n} iterations but {len(tap.seconds)} steps were executed")
-    shapes = tap.shapes
+    if not n == len(shapes) == len(execute_s):
+        raise RuntimeError(
+            f"engine logged {n} iterations but {len(shapes)} shapes and {len(execute_s)} step times "
+            "were given"
+        )
     parts = [cost.parts(s) for s in shapes]
     return {
         "start": np.asarray(it["start"], dtype=np.float64),
         "measured_s": np.asarray(it["end"], dtype=np.float64) - np.asarray(it["start"], dtype=np.float64),
-        "execute_s": np.asarray(tap.seconds, dtype=np.float64),
+        "execute_s": np.asarray(execute_s, dtype=np.float64),
         "predicted_s": np.array([p["execute"] + p["schedule"] for p in parts]),
         "predicted_execute_s": np.array([p["execute"] for p in parts]),
         "predicted_stage_s": np.array([cost.stage_time(s) for s in shapes]),
@@ -426,6 +440,10 @@ def iteration_table(measured: RunResult, tap: ShapeTap, cost: CalibratedCostMode
         "prefill_cached_tokens": np.array([sum(c for _, c in s.prefill) for s in shapes], dtype=np.int64),
         "num_decode": np.array([s.num_decode for s in shapes], dtype=np.int64),
         "decode_context": np.array([s.decode_context for s in shapes], dtype=np.int64),
+        "decode_max_context": np.array(
+            [s.decode_max_context or -(-s.decode_context // max(1, s.num_decode)) for s in shapes],
+            dtype=np.int64,
+        ),
     }
 
 
@@ -497,9 +515,19 @@ def summarize(
     }
 
 
+def _previous_errors(errors: dict) -> dict[tuple[str, str], float | None] | None:
+    """(metric, stat) -> the signed error a recomputed report replaced, or None for a fresh report."""
+    prev = errors.get("previous")
+    if not prev:
+        return None
+    return {(r["metric"], r["stat"]): r.get("rel_error") for r in prev.get("metrics", [])}
+
+
 def format_errors(errors: dict) -> str:
-    """The error table as text, for the terminal."""
-    lines = [f"{'metric':<34}{'measured':>14}{'predicted':>14}{'error':>10}"]
+    """The error table as text, for the terminal (with the replaced errors of a recomputed report)."""
+    before = _previous_errors(errors)
+    head = f"{'metric':<34}{'measured':>14}{'predicted':>14}{'error':>10}"
+    lines = [head + ("   before" if before else "")]
     for r in errors["metrics"]:
 
         def f(v, fmt=r["format"]):
@@ -509,7 +537,11 @@ def format_errors(errors: dict) -> str:
 
         e = "n/a" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
         mark = "" if r["within_target"] is None else (" ok" if r["within_target"] else " !!")
-        lines.append(f"{r['label']:<34}{f(r['measured']):>14}{f(r['predicted']):>14}{e:>10}{mark}")
+        old = ""
+        if before is not None:
+            b = before.get((r["metric"], r["stat"]))
+            old = f"{'n/a' if b is None else format(b, '+.1%'):>9}"
+        lines.append(f"{r['label']:<34}{f(r['measured']):>14}{f(r['predicted']):>14}{e:>10}{mark:<3}{old}")
     h = errors["headline"]
     if h["max_abs_rel_error"] is not None:
         lines.append(
@@ -593,6 +625,7 @@ def validate(
     time_limit: float | None = None,
     target: float = DEFAULT_TARGET,
     progress: Callable[[str], None] | None = None,
+    trace_spec: dict | None = None,
 ) -> ValidationResult:
     """Serve `trace` on the engine built from `engine_config` and simulate it on the mirrored replica.
 
@@ -606,6 +639,8 @@ def validate(
         errors["capacity"]) skips measuring it again.
     sim_overrides: run-control SimConfig fields (jump, record_iterations, horizon, seed) only.
     out_dir: when set, the report directory is written there (see `write_validation_report`).
+    trace_spec: how `trace` was cut from its file (`trace_spec_from_args`), kept in errors.json so that
+        `recompute` can rebuild the same slice later.
     """
     from engine.llm_engine import LLMEngine
     from engine.profiler import ProfileGrid, profile_runner
@@ -680,7 +715,14 @@ def validate(
     predicted.meta["cost_model_profile"] = cost.describe()
     measured.metrics = compute_metrics(measured)
     predicted.metrics = compute_metrics(predicted)
-    table = iteration_table(measured, tap, cost)
+    if len(tap.seconds) != len(measured.iterations["start"]):
+        raise RuntimeError(
+            f"engine logged {len(measured.iterations['start'])} iterations but {len(tap.seconds)} steps "
+            "were executed"
+        )
+    shapes = tap.shapes
+    table = iteration_table(measured, shapes, np.asarray(tap.seconds), cost)
+    notes.append(_replay_check(measured, trace, cfg, shapes))
     busy = float(table["measured_s"].sum())
     if busy > 0:
         notes.append(
@@ -691,11 +733,379 @@ def validate(
     if bad:
         raise AssertionError(f"simulated replica does not mirror the engine in: {', '.join(bad)}")
     errors = summarize(measured, predicted, table, cost, mirror, target, notes, capacity)
+    errors["trace_spec"] = trace_spec
+    errors["time_limit"] = time_limit
+    errors["seed"] = seed
     result = ValidationResult(measured, predicted, cfg, cost, errors, table, trace, engine, notes=notes)
     if out_dir is not None:
         write_validation_report(result, out_dir, png=png)
         say(f"report: {result.out_dir}/index.html")
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Recomputing an existing report (no GPU)
+
+TRACE_SLICE_KEYS = (
+    "trace",
+    "format",
+    "skip_bad_rows",
+    "window",
+    "max_requests",
+    "rate",
+    "cap_prompt",
+    "cap_output",
+    "cap_total",
+)
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def trace_spec_from_args(a: argparse.Namespace) -> dict:
+    """The trace-slicing flags of a `validate` command line (what `sim.cli._load_trace` applies), with
+    the trace file as given and as resolved, for errors.json."""
+    from traces.loaders import default_trace_path
+
+    spec = {k: getattr(a, k, None) for k in TRACE_SLICE_KEYS}
+    path = Path(a.trace) if a.trace else default_trace_path()
+    spec["trace"] = str(path)
+    spec["trace_resolved"] = str(path.resolve())
+    return spec
+
+
+def _find_trace_file(candidates: list[str | None]) -> Path:
+    """The first candidate that is a file: as given, then under the project root, then by its name
+    among the shared traces (a report made on another machine names that machine's paths)."""
+    tried = []
+    for c in candidates:
+        if not c:
+            continue
+        p = Path(c)
+        for q in (p, _ROOT / p, _ROOT.parent / "shared" / "traces" / p.name):
+            tried.append(str(q))
+            if q.is_file():
+                return q
+    raise FileNotFoundError(
+        "trace file of the measured run not found (tried " + ", ".join(tried) + "); pass --trace PATH"
+    )
+
+
+def _slice_trace(spec: dict, path: Path) -> Trace:
+    from sim.cli import _load_trace
+
+    ns = argparse.Namespace(**{k: spec.get(k) for k in TRACE_SLICE_KEYS})
+    ns.trace = str(path)
+    ns.format = ns.format or "auto"
+    ns.skip_bad_rows = bool(ns.skip_bad_rows)
+    return _load_trace(ns)
+
+
+def _trace_mismatch(trace: Trace, measured: RunResult) -> list[str]:
+    """How `trace` differs from the requests the engine served ([] when it is the same slice). Requests a
+    time-limited run never admitted have 0 prompt tokens in the measured run; unfinished ones a short
+    output: those columns are compared where they are defined."""
+    rq = measured.requests
+    n = len(rq["id"])
+    if len(trace) != n:
+        return [f"{len(trace)} requests, the measured run served {n}"]
+    out = []
+    arr = np.asarray(rq["arrival"], dtype=np.float64)
+    if not np.allclose(trace.arrival, arr, rtol=1e-12, atol=1e-9):
+        i = int(np.argmax(np.abs(trace.arrival - arr)))
+        out.append(f"arrival of request {i}: {trace.arrival[i]!r} vs measured {arr[i]!r}")
+    prompt = np.asarray(rq["prompt_tokens"])
+    seen = prompt > 0
+    bad = np.flatnonzero(seen & (trace.prompt_len != prompt))
+    if bad.size:
+        out.append(f"{bad.size} prompt length(s) differ, first request {bad[0]}: {trace.prompt_len[bad[0]]} "
+                   f"vs measured {prompt[bad[0]]}")
+    done = np.asarray(rq["status"]).astype(str) == "finished"
+    bad = np.flatnonzero(done & (trace.output_len != np.asarray(rq["output_tokens"])))
+    if bad.size:
+        out.append(f"{bad.size} output length(s) differ, first request {bad[0]}")
+    return out
+
+
+def rebuild_trace(
+    measured: RunResult, errors: dict, trace_path: str | None = None, slicing: dict | None = None
+) -> tuple[Trace, dict, list[str]]:
+    """The trace slice a validation run served, rebuilt from its trace file: (trace, slicing used, notes).
+
+    The slicing is the one recorded in errors.json ("trace_spec"), overridden by `slicing`; a report
+    from before it was recorded is taken as the first num_requests requests, capped in total length
+    where the measured prompts show a cap (every shortened request then ends at the same total). The
+    result is scaled to the recorded load's rate and must match the measured requests (count, arrival
+    times, prompt lengths, finished outputs), else ValueError saying how it differs.
+    """
+    notes: list[str] = []
+    recorded = errors.get("trace_spec")
+    spec = dict(recorded or {})
+    if slicing:
+        spec.update({k: v for k, v in slicing.items() if v is not None})
+    path = _find_trace_file(
+        [trace_path, spec.get("trace"), spec.get("trace_resolved"), measured.meta.get("trace_source")]
+    )
+    if not recorded and not (slicing and slicing.get("max_requests")):
+        spec["max_requests"] = int(measured.meta["num_requests"])
+        notes.append(
+            f"slice not recorded: taken as the first {spec['max_requests']} requests of {path.name} "
+            "and checked against the measured requests"
+        )
+    cap = errors.get("capacity") or {}
+
+    def build(sp: dict) -> Trace:
+        t = _slice_trace(sp, path)
+        if cap.get("rate"):
+            from traces.transforms import scale_to_rate
+
+            t = scale_to_rate(t, float(cap["rate"]))
+        return t
+
+    trace = build(spec)
+    why = _trace_mismatch(trace, measured)
+    if why and not recorded and len(trace) == len(measured.requests["id"]) and not spec.get("cap_total"):
+        # A length cap (e.g. --cap-total below max_model_len) shortens the prompt first, so every
+        # shortened prompt plus its requested output ends at the cap.
+        prompt = np.asarray(measured.requests["prompt_tokens"])
+        diff = (prompt > 0) & (trace.prompt_len != prompt)
+        totals = set((prompt + trace.output_len)[diff].tolist())
+        if len(totals) == 1:
+            spec["cap_total"] = int(totals.pop())
+            trace = build(spec)
+            why = _trace_mismatch(trace, measured)
+            notes.append(f"length cap inferred from the measured prompts: cap_total={spec['cap_total']}")
+    if why:
+        raise ValueError(
+            f"the trace rebuilt from {path} ({spec}) is not the slice the engine served: "
+            + "; ".join(why)
+            + ". Pass the slicing flags the validation ran with (--trace, --max-requests, --window, "
+            "--cap-total, ...)"
+        )
+    spec["trace"] = str(path)
+    return trace, spec, notes
+
+
+_ITER_CHECKS = (
+    ("num_seqs", lambda b, s: len(b.seqs)),
+    ("num_prefill_seqs", lambda b, s: len(s.prefill)),
+    ("prefill_tokens", lambda b, s: s.num_tokens - s.num_decode),
+    ("decode_tokens", lambda b, s: s.num_decode),
+    ("preempted", lambda b, s: len(b.preempted)),
+)
+
+
+def replay_shapes(measured: RunResult, trace: Trace, cfg: SimConfig) -> list[BatchShape]:
+    """The shape of every iteration of a measured run, rebuilt by stepping the engine's own replica
+    logic (`ReplicaCore` with the mirrored scheduler and block manager) through the measured iteration
+    boundaries: arrivals up to each iteration's start are admitted, as the engine's loop admits them,
+    and the scheduler, deterministic, picks the batch the engine picked. Every rebuilt iteration is
+    checked against the engine's own iteration row; a difference raises ValueError naming it."""
+    from policies.kv.block_manager import BlockManager
+    from policies.scheduling import fcfs  # noqa: F401  (registers the schedulers)
+    from policies.scheduling.base import SCHEDULERS, SchedulerConfig
+    from policies.sequence import Sequence
+    from sim.replica_core import ReplicaCore
+    from sim.results import RunRecorder
+
+    if cfg.num_replicas != 1 or cfg.pp != 1:
+        raise ValueError("replay_shapes rebuilds single-replica, single-stage runs (as the engine serves)")
+    core = ReplicaCore(
+        0,
+        SCHEDULERS.create(
+            cfg.scheduler,
+            SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.enable_chunked_prefill),
+        ),
+        BlockManager(cfg.num_kv_blocks, cfg.block_size, cfg.enable_prefix_caching),
+        RunRecorder(len(trace), record_iterations=False),
+        cfg.max_model_len,
+    )
+    it = measured.iterations
+    starts = np.asarray(it["start"], dtype=np.float64)
+    ends = np.asarray(it["end"], dtype=np.float64)
+    arrival = trace.arrival
+    nxt = 0
+    shapes: list[BatchShape] = []
+    for j in range(len(starts)):
+        now = float(starts[j])
+        while nxt < len(trace) and arrival[nxt] <= now:
+            core.add(Sequence(trace.request(nxt)), float(arrival[nxt]))
+            nxt += 1
+        batch = core.schedule(now)
+        shape = core.shape(batch)
+        bad = [
+            f"{name} {get(batch, shape)} vs engine {int(it[name][j])}"
+            for name, get in _ITER_CHECKS
+            if get(batch, shape) != int(it[name][j])
+        ]
+        if bad:
+            raise ValueError(
+                f"measured iteration {j} (start {now:.6f} s) rebuilds differently: {'; '.join(bad)}; the "
+                "replica policy or the prefix hashing no longer matches the run that was measured"
+            )
+        shapes.append(shape)
+        core.complete(batch, now, float(ends[j]))
+    return shapes
+
+
+def _replay_check(measured: RunResult, trace: Trace, cfg: SimConfig, recorded: list[BatchShape]) -> str:
+    """Whether `replay_shapes` rebuilds the shapes the engine recorded (what `recompute` will rely on),
+    as a note for the report."""
+    try:
+        rebuilt = replay_shapes(measured, trace, cfg)
+    except ValueError as e:
+        return f"replay check failed, this run cannot be recomputed exactly: {e}"
+    for j, (a, b) in enumerate(zip(rebuilt, recorded)):
+        if (a.prefill, a.num_decode, a.decode_context, a.decode_max_context) != (
+            b.prefill,
+            b.num_decode,
+            b.decode_context,
+            b.decode_max_context,
+        ):
+            return f"replay check failed at iteration {j}: rebuilt {a}, recorded {b}"
+    return f"replay check: the {len(rebuilt)} iteration shapes rebuild exactly from the measured run"
+
+
+def _read_column(path: Path, name: str) -> np.ndarray:
+    with open(path, newline="") as f:
+        rows = csv.DictReader(f)
+        if rows.fieldnames is None or name not in rows.fieldnames:
+            raise ValueError(f"{path}: no column {name!r} (columns: {rows.fieldnames})")
+        vals = []
+        for i, r in enumerate(rows, start=2):
+            try:
+                vals.append(float(r[name]))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: line {i}: field {name}: expected a number, got {r[name]!r}"
+                ) from None
+    return np.asarray(vals, dtype=np.float64)
+
+
+def _check_recorded_mirror(cfg: SimConfig, measured: RunResult, src: str) -> None:
+    meta = measured.meta
+    conf = meta.get("config") or {}
+    want = {"num_kv_blocks": meta.get("num_kv_blocks")}
+    for k in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len"):
+        want[k] = conf.get(k)
+    want["enable_prefix_caching"] = conf.get("enable_prefix_caching")
+    bad = [
+        f"{k}: simulator {getattr(cfg, k)!r}, engine {v!r}"
+        for k, v in want.items()
+        if v is not None and getattr(cfg, k) != v
+    ]
+    if bad:
+        raise ValueError(
+            f"{src}: the recorded simulator configuration does not mirror the engine: " + "; ".join(bad)
+        )
+
+
+def _check_profile_for_run(cost: CalibratedCostModel, measured: RunResult) -> None:
+    h = cost.profile.header
+    meta = measured.meta
+    bad = [
+        f"{what}: profile {got!r}, measured run {want!r}"
+        for what, got, want in (
+            ("device", h.device, meta.get("device")),
+            ("dtype", h.dtype, meta.get("dtype")),
+            ("model", h.model, meta.get("model")),
+            ("attention_backend", h.attention_backend, meta.get("attention_backend")),
+            ("cuda_graphs", h.cuda_graphs, meta.get("cuda_graphs")),
+        )
+        if want is not None and got != want
+    ]
+    if bad:
+        raise ValueError(
+            f"{cost.profile_path or 'profile'} does not describe the measured engine: " + "; ".join(bad)
+        )
+
+
+def recompute(
+    run_dir: str | Path,
+    profile: Profile | str | Path | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    trace_path: str | None = None,
+    slicing: dict | None = None,
+    png: bool | str = "auto",
+    target: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationResult:
+    """Re-predict an existing validation report directory with the current cost model, no engine.
+
+    run_dir: a directory `validate` wrote (measured/, predicted/, errors.json, iterations.csv,
+        profile.json). profile: fit the cost model to this profile instead of the run's profile.json.
+    The measured run is kept; the simulation is redone on the same trace slice (`rebuild_trace`), with
+    the simulator configuration recorded in predicted/ (checked against the measured engine's), the
+    per-iteration table is rebuilt (`replay_shapes`), and the report is rewritten in out_dir (default:
+    run_dir itself) with errors.json holding the replaced numbers under "previous" and the first ones
+    under "original".
+    """
+    run = Path(run_dir)
+    say = progress or (lambda _m: None)
+    for f in ("measured/summary.json", "predicted/summary.json", "errors.json", "iterations.csv"):
+        if not (run / f).is_file():
+            raise FileNotFoundError(f"{run / f}: not found; {run} is not a validation report directory")
+    measured = RunResult.read(run / "measured")
+    old_pred = RunResult.read(run / "predicted")
+    try:
+        old = json.loads((run / "errors.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{run / 'errors.json'}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    cfg_src = f"{run / 'predicted' / 'summary.json'}: meta.config"
+    if "config" not in old_pred.meta:
+        raise ValueError(f"{cfg_src}: missing (the simulator configuration of the run)")
+    cfg = SimConfig.from_dict(dict(old_pred.meta["config"]), cfg_src)
+    _check_recorded_mirror(cfg, measured, cfg_src)
+    prof = profile if profile is not None else run / "profile.json"
+    cost = CalibratedCostModel(profile=prof)
+    _check_profile_for_run(cost, measured)
+    trace, spec, notes = rebuild_trace(measured, old, trace_path, slicing)
+    say(f"{run}: simulating {len(trace)} requests")
+    predicted = Simulation(trace, cfg, cost=cost).run()
+    measured.meta["name"] = "measured (engine)"
+    predicted.meta["name"] = "predicted (simulator)"
+    predicted.meta["cost_model_profile"] = cost.describe()
+    measured.metrics = compute_metrics(measured)
+    predicted.metrics = compute_metrics(predicted)
+    say(f"{run}: rebuilding {len(measured.iterations['start'])} iteration shapes")
+    shapes = replay_shapes(measured, trace, cfg)
+    table = iteration_table(measured, shapes, _read_column(run / "iterations.csv", "execute_s"), cost)
+    kept = [n for n in old.get("notes", []) if not n.startswith(("PNG export skipped", "recomputed "))]
+    kept = [n for n in kept if n not in cost.notes]
+    notes = kept + notes + list(cost.notes)
+    notes.append(
+        f"recomputed {_dt.datetime.now().isoformat(timespec='seconds')} with the current cost model, "
+        f"fitted to {cost.profile_path or 'the given profile'}; the measured run is the original"
+    )
+    errors = summarize(
+        measured, predicted, table, cost, old["mirror"], target if target is not None else old["target"],
+        notes, old.get("capacity"),
+    )
+    errors["trace_spec"] = spec
+    errors["time_limit"] = old.get("time_limit", cfg.horizon)
+    errors["seed"] = old.get("seed", cfg.seed)
+    previous = {k: v for k, v in old.items() if k not in ("previous", "original")}
+    errors["previous"] = _previous_summary(previous)
+    errors["original"] = old.get("original") or errors["previous"]
+    result = ValidationResult(measured, predicted, cfg, cost, errors, table, trace, None, notes=notes)
+    out = Path(out_dir) if out_dir is not None else run
+    same = out.resolve() == run.resolve()
+    write_validation_report(result, out, png=png, write_measured=not same)
+    return result
+
+
+def _previous_summary(errors: dict) -> dict:
+    """What a recomputed report keeps of the errors it replaces: the cost model, the headline, every
+    metric row's prediction and error, the per-iteration summary."""
+    return {
+        "cost_model": errors.get("cost_model"),
+        "profile_fit_all": (errors.get("profile_fit") or {}).get("all"),
+        "headline": errors.get("headline"),
+        "metrics": [
+            {k: r.get(k) for k in ("metric", "stat", "label", "predicted", "rel_error")}
+            for r in errors.get("metrics", [])
+        ],
+        "iterations": errors.get("iterations"),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -855,18 +1265,24 @@ def build_validation_figures(result: ValidationResult) -> dict[str, go.Figure]:
 
 def _error_table_html(errors: dict) -> str:
     e = html.escape
+    before = _previous_errors(errors)
     body = []
     for r in errors["metrics"]:
         err = "—" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
         cls = "" if r["within_target"] is None else (" class='ok'" if r["within_target"] else " class='bad'")
         row_cls = " class='headline'" if r["headline"] else ""
+        old = ""
+        if before is not None:
+            b = before.get((r["metric"], r["stat"]))
+            old = f"<td>{e('—' if b is None else format(b, '+.1%'))}</td>"
         body.append(
             f"<tr{row_cls}><th>{e(r['label'])}</th><td>{e(_fmt(r['measured'], r['format']))}</td>"
-            f"<td>{e(_fmt(r['predicted'], r['format']))}</td><td{cls}>{e(err)}</td></tr>"
+            f"<td>{e(_fmt(r['predicted'], r['format']))}</td><td{cls}>{e(err)}</td>{old}</tr>"
         )
+    head = "<th>error before recompute</th>" if before is not None else ""
     return (
         "<table><thead><tr><th>metric</th><th>measured (engine)</th><th>predicted (simulator)</th>"
-        "<th>signed relative error</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+        f"<th>signed relative error</th>{head}</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
     )
 
 
@@ -981,9 +1397,12 @@ def _write_iterations_csv(path: Path, table: dict[str, np.ndarray]) -> None:
             )
 
 
-def write_validation_report(result: ValidationResult, out_dir: str | Path, png: bool | str = "auto") -> Path:
+def write_validation_report(
+    result: ValidationResult, out_dir: str | Path, png: bool | str = "auto", write_measured: bool = True
+) -> Path:
     """Write the report directory (see the module docstring); returns it. png: True (required),
-    False (skip) or 'auto' (when kaleido and a browser are available; a note otherwise)."""
+    False (skip) or 'auto' (when kaleido and a browser are available; a note otherwise).
+    write_measured=False leaves an existing measured/ run as it is (a recomputed report)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     do_png = png is True or (png == "auto" and png_export_available())
@@ -991,7 +1410,8 @@ def write_validation_report(result: ValidationResult, out_dir: str | Path, png: 
         raise RuntimeError(PNG_HELP)
     if png == "auto" and not do_png:
         result.errors["notes"].append("PNG export skipped: " + PNG_HELP)
-    result.measured.write(out / "measured")
+    if write_measured:
+        result.measured.write(out / "measured")
     result.predicted.write(out / "predicted")
     result.cost.profile.save(out / "profile.json")
     _write_iterations_csv(out / "iterations.csv", result.iterations)
@@ -1065,7 +1485,15 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--png", choices=("auto", "yes", "no"), default="auto")
-    p.add_argument("--out", default="runs/validate", help="report directory")
+    p.add_argument("--out", help="report directory (default runs/validate; with --recompute: DIR itself)")
+    p.add_argument(
+        "--recompute",
+        nargs="+",
+        metavar="DIR",
+        help="no engine: re-predict existing report directories with the current cost model (fitted to "
+        "--profile if given, else to DIR/profile.json) and rewrite their reports; trace flags, when "
+        "given, override the recorded slicing",
+    )
 
 
 def load_policy(path: str | Path) -> dict:
@@ -1095,12 +1523,16 @@ def main_validate(args: argparse.Namespace | None = None, **kwargs) -> list[Vali
     Several `--load` values run on one engine (one model load), capacity measured once, one report
     directory each (`OUT/load-0.5`, ...). Returns the results in `--load` order.
     """
-    from backends.profile import canonical_dtype
-    from engine.config import EngineConfig
-    from engine.profiler import ProfileGrid, _namespace
-    from sim.cli import _load_trace
+    from engine.profiler import _namespace
 
     a = _namespace(add_validate_args, args, kwargs)
+    if a.recompute:
+        return main_recompute(a)
+    from backends.profile import canonical_dtype
+    from engine.config import EngineConfig
+    from engine.profiler import ProfileGrid
+    from sim.cli import _load_trace
+
     pol = load_policy(a.policy) if a.policy else {}
     for k in POLICY_KEYS:
         v = getattr(a, k, None)
@@ -1132,8 +1564,10 @@ def main_validate(args: argparse.Namespace | None = None, **kwargs) -> list[Vali
     engine = None
     profile: Profile | str | None = a.profile
     capacity: dict | None = None
+    trace_spec = trace_spec_from_args(a)
+    base = Path(a.out or "runs/validate")
     for load in loads:
-        out = Path(a.out) if len(loads) == 1 else Path(a.out) / f"load-{load:g}"
+        out = base if len(loads) == 1 else base / f"load-{load:g}"
         res = validate(
             trace,
             cfg if engine is None else None,
@@ -1151,12 +1585,47 @@ def main_validate(args: argparse.Namespace | None = None, **kwargs) -> list[Vali
             time_limit=a.time_limit,
             target=a.target,
             progress=say,
+            trace_spec=trace_spec,
         )
         results.append(res)
         engine = res.engine
         profile = profile or res.cost.profile  # profiled on the spot once, reused for the other loads
         capacity = res.errors["capacity"]
         print(f"== {res.trace.name}" + ("" if load is None else f" at {load:.0%} of capacity"))
+        print(format_errors(res.errors))
+        print(f"validation report: {res.out_dir}/index.html")
+    return results
+
+
+def main_recompute(a: argparse.Namespace) -> list[ValidationResult]:
+    """`validate --recompute DIR...`: `recompute` each directory (in place, or under --out: the
+    directory itself for one, OUT/<path below the directories' common parent> for several) and print
+    each new error table next to the errors it replaced."""
+    import os
+
+    dirs = [Path(d) for d in a.recompute]
+    slicing = {k: getattr(a, k, None) for k in TRACE_SLICE_KEYS if k != "trace"}
+    slicing["format"] = None if slicing.get("format") == "auto" else slicing.get("format")
+    slicing["skip_bad_rows"] = slicing.get("skip_bad_rows") or None
+    common = Path(os.path.commonpath([str(d.resolve()) for d in dirs])) if len(dirs) > 1 else None
+    png = {"auto": "auto", "yes": True, "no": False}[a.png]
+    results = []
+    for d in dirs:
+        out = None
+        if a.out:
+            out = Path(a.out) if common is None else Path(a.out) / d.resolve().relative_to(common)
+        res = recompute(
+            d,
+            a.profile,
+            out_dir=out,
+            trace_path=a.trace,
+            slicing=slicing,
+            png=png,
+            target=a.target,
+            progress=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+        results.append(res)
+        print(f"== {d} (recomputed)")
         print(format_errors(res.errors))
         print(f"validation report: {res.out_dir}/index.html")
     return results

@@ -104,14 +104,17 @@ class ReplicaCore:
         prefill: list[tuple[int, int]] = []
         nd = 0
         ctx = 0
+        mx = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             c = seq.num_computed_tokens
             if n == 1 and seq.num_output_tokens > 0 and c + 1 == seq.num_tokens:
                 nd += 1
                 ctx += c + 1
+                if c >= mx:
+                    mx = c + 1
             else:
                 prefill.append((n, c))
-        return BatchShape(prefill, nd, ctx)
+        return BatchShape(prefill, nd, ctx, mx)
 
     def complete(
         self, batch: ScheduledBatch, start: float, end: float, tokens: list[int] | None = None

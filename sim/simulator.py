@@ -150,9 +150,12 @@ class Simulation:
         """Up to k identical decode iterations as one timeout, cut short by an arrival."""
         env = self.env
         B = len(batch.seqs)
-        a, b = self.cost.decode_line(B)
+        a, b, c = _line(self.cost.decode_line(B))
         ctx0 = sum(s.num_computed_tokens + 1 for s in batch.seqs)
-        durations = a + b * (ctx0 + B * np.arange(k, dtype=np.float64))
+        steps = np.arange(k, dtype=np.float64)
+        durations = a + b * (ctx0 + B * steps)
+        if c:  # the longest context grows by one token per iteration
+            durations = durations + c * (max(s.num_computed_tokens for s in batch.seqs) + 1 + steps)
         ends = start + np.cumsum(durations)
         starts = np.concatenate(([start], ends[:-1]))
         core.begin_decode_run(batch, ends)
@@ -237,10 +240,12 @@ class Simulation:
         inflight.clear()
         # X enters stage 0 now.
         B = len(batch.seqs)
-        a, b = self.cost.decode_line(B)
+        a, b, c = _line(self.cost.decode_line(B))
         ctx = sum(s.num_computed_tokens + 1 for s in batch.seqs)
         t = now
         st = a + b * ctx
+        if c:
+            st = st + c * (max(s.num_computed_tokens for s in batch.seqs) + 1)
         for i in range(pp):
             t = max(t, stage_free[i]) + st
             stage_free[i] = t
@@ -253,8 +258,9 @@ class Simulation:
         for g in groups:
             seqs = g[0].seqs
             n = len(seqs)
-            ga, gb = self.cost.decode_line(n)
-            lines.append((ga, gb, sum(s.num_computed_tokens + 1 for s in seqs), n))
+            ga, gb, gc = _line(self.cost.decode_line(n))
+            gmax = max(s.num_computed_tokens for s in seqs) + 1
+            lines.append((ga, gb, sum(s.num_computed_tokens + 1 for s in seqs), n, gc, gmax))
         E = [[g[1]] for g in groups]
         C = [[g[2]] for g in groups]
         free0 = list(stage_free)  # stage free times after X entered
@@ -282,8 +288,10 @@ class Simulation:
             if i1 >= k_kv or len(entry_t) >= cap:
                 stop = e
                 break
-            ga, gb, gctx, n = lines[g]
+            ga, gb, gctx, n, gc, gmax = lines[g]
             st = ga + gb * (gctx + n * i1)
+            if gc:
+                st = st + gc * (gmax + i1)
             t = e
             for j in stages:
                 f = sf[j]
@@ -391,6 +399,12 @@ class _MicroBatch:
         self.end = end
         self.cancelled = False
         self.pure_decode = pure_decode  # every sequence computes only its last sampled token
+
+
+def _line(line: tuple[float, ...]) -> tuple[float, float, float]:
+    """A cost model's decode line as (a, b, c): c, the per-token cost of the longest context, is 0
+    for models that return only (a, b)."""
+    return (line[0], line[1], line[2]) if len(line) > 2 else (line[0], line[1], 0.0)
 
 
 def _steady_pipeline(

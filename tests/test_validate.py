@@ -1,11 +1,13 @@
 """Validation on CPU with a tiny random-weight model: the run completes, the simulated replica mirrors the
-engine, and the report holds every number and file it promises. No error threshold is asserted: CPU
-timings of a 2-layer model are noise; the GPU figures live in the benchmark results."""
+engine, and the report holds every number and file it promises; a report can be recomputed without the
+engine (same trace slice, same shapes, previous errors kept). No error threshold is asserted: CPU timings
+of a 2-layer model are noise; the GPU figures live in the benchmark results."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +20,25 @@ from benchmarks.report import png_export_available  # noqa: E402
 from benchmarks.validate import (  # noqa: E402
     HEADLINE,
     error_rows,
+    format_errors,
     load_policy,
     main_validate,
     mirror_sim_config,
+    rebuild_trace,
+    recompute,
     rel_error,
+    replay_shapes,
     validate,
 )
 from engine.config import EngineConfig  # noqa: E402
 from engine.profiler import ProfileGrid  # noqa: E402
 from engine.testing import single_thread, tiny_spec  # noqa: E402
+from sim.config import SimConfig  # noqa: E402
+from sim.results import RunResult  # noqa: E402
+from sim.simulator import simulate  # noqa: E402
+from traces.loaders import load_trace, write_trace  # noqa: E402
 from traces.schema import Trace  # noqa: E402
+from traces.transforms import cap_lengths, head, scale_to_rate  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,17 +76,19 @@ def tiny_trace(n: int = 20, seed: int = 0) -> Trace:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("val") / "report"
+    base = tmp_path_factory.mktemp("val")
+    path = write_trace(tiny_trace(), base / "tiny.jsonl")
     res = validate(
-        tiny_trace(),
+        load_trace(path),
         engine_config(),
         profile_grid=ProfileGrid.quick(),
         profile_repeats=2,
         profile_warmup=1,
-        out_dir=out,
+        out_dir=base / "report",
         png=False,
+        trace_spec={"trace": str(path)},
     )
-    return res, out
+    return res, base / "report"
 
 
 def test_validation_run_completes_and_mirrors_the_engine(run) -> None:
@@ -125,6 +138,7 @@ def test_errors_hold_every_promised_number(run) -> None:
     np.testing.assert_array_equal(t["num_decode"], res.measured.iterations["decode_tokens"])
     assert (t["predicted_s"] > 0).all() and (t["execute_s"] > 0).all()
     assert e["cost_model"]["name"] == "calibrated" and e["profile_fit"]["all"]["n"] > 0
+    assert any(n.startswith("replay check: the") for n in e["notes"])  # recompute will rebuild this run
 
 
 def test_report_directory(run) -> None:
@@ -268,3 +282,98 @@ def test_png_export(tmp_path: Path) -> None:
         assert (tmp_path / "png" / f"{f}.png").stat().st_size > 1000
     assert (tmp_path / "png" / "side_by_side" / "ttft_cdf.png").is_file()
     assert res.out_dir == tmp_path
+
+
+# ------------------------------------------------------------------------------------------------
+# Recomputing a report without the engine
+
+
+def test_recompute_reproduces_the_prediction_and_the_shapes(run, tmp_path: Path) -> None:
+    res, out = run
+    again = recompute(out, out_dir=tmp_path / "re", png=False)
+    # Same profile, same slice, same mirrored configuration: the same simulated timeline.
+    for k in ("first_scheduled", "first_token", "finish"):
+        np.testing.assert_array_equal(again.predicted.requests[k], res.predicted.requests[k])
+    # The shapes rebuilt from the measured iteration boundaries are the ones the engine ran.
+    cols = ("num_seqs", "prefill_tokens", "prefill_cached_tokens", "decode_context", "decode_max_context")
+    for col in cols:
+        np.testing.assert_array_equal(again.iterations[col], res.iterations[col], err_msg=col)
+    np.testing.assert_array_equal(again.iterations["predicted_s"], res.iterations["predicted_s"])
+    old = {(r["metric"], r["stat"]): r["rel_error"] for r in res.errors["metrics"]}
+    new = {(r["metric"], r["stat"]): r["rel_error"] for r in again.errors["metrics"]}
+    prev = {(r["metric"], r["stat"]): r["rel_error"] for r in again.errors["previous"]["metrics"]}
+    assert new == old == prev
+    assert again.errors["original"] == again.errors["previous"] and again.engine is None
+    assert "before" in format_errors(again.errors)
+    page = (tmp_path / "re" / "index.html").read_text()
+    assert "error before recompute" in page
+    assert (tmp_path / "re" / "measured" / "requests.csv").is_file()  # written elsewhere: the run comes along
+    assert any(n.startswith("recomputed ") for n in again.errors["notes"])
+
+
+def test_recompute_in_place_keeps_the_measured_run(run, tmp_path: Path) -> None:
+    _, out = run
+    d = shutil.copytree(out, tmp_path / "copy")
+    before = {p.name: p.read_bytes() for p in (d / "measured").iterdir()}
+    first = json.loads((d / "errors.json").read_text())
+    recompute(d, png=False)
+    recompute(d, png=False)  # twice: "previous" is the first recompute, "original" the measured report's
+    after = {p.name: p.read_bytes() for p in (d / "measured").iterdir()}
+    assert before == after
+    e = json.loads((d / "errors.json").read_text())
+    assert e["original"]["headline"] == first["headline"]
+    assert e["previous"]["metrics"] == [
+        {k: r[k] for k in ("metric", "stat", "label", "predicted", "rel_error")} for r in e["metrics"]
+    ]
+
+
+def test_recompute_refuses_what_does_not_match(run, tmp_path: Path) -> None:
+    res, out = run
+    with pytest.raises(ValueError, match="not the slice the engine served"):
+        recompute(out, out_dir=tmp_path / "a", png=False, slicing={"max_requests": 12})
+    other = res.cost.profile
+    other = type(other)(type(other.header)(**{**vars(other.header), "device": "other device"}), other.samples,
+                        other.overhead)
+    with pytest.raises(ValueError, match="does not describe the measured engine"):
+        recompute(out, other, out_dir=tmp_path / "b", png=False)
+    with pytest.raises(FileNotFoundError, match="not a validation report directory"):
+        recompute(tmp_path / "nothing", png=False)
+    cfg = SimConfig.from_dict(dict(res.predicted.meta["config"]))
+    cfg.max_num_batched_tokens = 16
+    with pytest.raises(ValueError, match="rebuilds differently"):
+        replay_shapes(res.measured, res.trace, cfg)
+
+
+def test_rebuild_trace_infers_an_unrecorded_slice(tmp_path: Path) -> None:
+    # A "measured" run in the results format (the simulator writes the same), of the first 30 requests of
+    # a trace file capped at 200 tokens in total and scaled to 4 req/s; nothing about the slicing recorded.
+    rng = np.random.default_rng(4)
+    full = Trace(np.cumsum(rng.exponential(0.5, 60)), rng.integers(20, 400, 60), rng.integers(2, 40, 60))
+    path = write_trace(full, tmp_path / "t.jsonl")
+    served = scale_to_rate(cap_lengths(head(load_trace(path), 30), max_total=200), 4.0)
+    measured = simulate(served, SimConfig(num_kv_blocks=400, max_num_batched_tokens=128))
+    measured.meta["trace_source"] = str(path)
+    trace, spec, notes = rebuild_trace(measured, {"capacity": {"rate": 4.0}})
+    np.testing.assert_array_equal(trace.prompt_len, served.prompt_len)
+    np.testing.assert_allclose(trace.arrival, served.arrival, rtol=0, atol=1e-12)
+    assert spec["max_requests"] == 30 and spec["cap_total"] == 200
+    assert any("not recorded" in n for n in notes) and any("cap inferred" in n for n in notes)
+    with pytest.raises(ValueError, match="arrival of request"):
+        rebuild_trace(measured, {"capacity": {"rate": 5.0}})
+    measured.meta["trace_source"] = str(tmp_path / "gone.jsonl")
+    with pytest.raises(FileNotFoundError, match="pass --trace"):
+        rebuild_trace(measured, {})
+
+
+def test_command_line_recompute(run, tmp_path: Path, capsys) -> None:
+    _, out = run
+    d = shutil.copytree(out, tmp_path / "a" / "load-0.5")
+    shutil.copytree(out, tmp_path / "b" / "load-0.5")
+    dirs = [str(d), str(tmp_path / "b" / "load-0.5")]
+    runs = main_validate(recompute=dirs, out=str(tmp_path / "o"), png="no")
+    assert len(runs) == 2
+    for sub in ("a", "b"):
+        assert (tmp_path / "o" / sub / "load-0.5" / "errors.json").is_file()
+    text = capsys.readouterr().out
+    assert text.count("(recomputed)") == 2 and "before" in text
+    assert RunResult.read(tmp_path / "o" / "a" / "load-0.5" / "predicted").meta["kind"] == "simulation"
