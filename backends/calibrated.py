@@ -88,7 +88,7 @@ from scipy.optimize import least_squares, nnls
 from backends.accelerators import AcceleratorSpec
 from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
 from backends.models import ModelArch, get_model
-from backends.profile import OverheadSample, Profile, ShapeSample, canonical_dtype
+from backends.profile import MODEL_SHAPE_FIELDS, OverheadSample, Profile, ShapeSample, canonical_dtype
 
 PREFILL_KNOT_LADDER: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _MIN_SIDE = 2  # distinct profiled sizes needed on each side of a knot to identify its slope change
@@ -122,15 +122,6 @@ def datasheet_sm_count(device: str) -> int | None:
         if re.search(rf"(^|[^a-z0-9]){re.escape(key)}($|[^a-z0-9])", name):
             return sms
     return None
-_SHAPE_FIELDS = (
-    "num_layers",
-    "hidden_size",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "intermediate_size",
-    "vocab_size",
-)
 _GPU_BASE = ("fixed", "token")
 _CPU_TERMS = ("cpu_fixed", "cpu_seq")
 _SCHEDULE_TERMS = ("fixed", "seq", "prefill_seq", "prefill_token")
@@ -393,7 +384,7 @@ class CalibratedCostModel:
         cfg = self.profile.header.model_config
         diff = [
             f"{f} {getattr(model, f)} vs {cfg.get(f)}"
-            for f in _SHAPE_FIELDS
+            for f in MODEL_SHAPE_FIELDS
             if getattr(model, f) != cfg.get(f)
         ]
         if diff:

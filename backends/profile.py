@@ -36,6 +36,17 @@ from backends.cost_model import BatchShape
 
 FORMAT = "sagellm-profile"
 VERSION = 1
+# The model-architecture fields a profile's header records ("model_config"): a profile calibrates only a
+# model of this shape, so loaders, the calibrated cost model and the validation all compare these.
+MODEL_SHAPE_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+)
 
 # Torch dtype names as the engine reports them, and the short names the simulator config uses.
 DTYPE_ALIASES: dict[str, str] = {
@@ -416,15 +427,7 @@ def _read_header(r: _Reader, h: dict, path: tuple) -> ProfileHeader:
     wall = r.get(h, path, "wall_seconds", float)
     _positive(wall, path + ("wall_seconds",), allow_zero=True)
     mc = r.get(h, path, "model_config", dict)
-    for k in (
-        "num_layers",
-        "hidden_size",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-        "intermediate_size",
-        "vocab_size",
-    ):
+    for k in MODEL_SHAPE_FIELDS:
         v = r.get(mc, path + ("model_config",), k, int)
         _positive(v, path + ("model_config", k))
     return ProfileHeader(

@@ -37,11 +37,7 @@ judged against runs already measured; the measured runs are the test set, never 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
-import html
 import json
-import math
 import operator
 import sys
 import time
@@ -51,15 +47,39 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import plotly.graph_objects as go
-import plotly.io as pio
-import plotly.offline
 
 from backends.calibrated import CalibratedCostModel
 from backends.cost_model import BatchShape
-from backends.profile import Profile, shape_kind
+from backends.profile import MODEL_SHAPE_FIELDS, Profile
 from benchmarks.metrics import compute_metrics
-from benchmarks.report import PNG_HELP, png_export_available, write_report
+from benchmarks.report import PNG_HELP, png_export_available
+
+# Error rows, offline recomputation and the report live in their own modules; their public names are
+# re-exported here (`__all__`), so `from benchmarks.validate import ...` keeps working for all of them.
+from benchmarks.revalidate import (
+    TRACE_SLICE_KEYS,
+    rebuild_trace,
+    recompute,
+    replay_check,
+    replay_shapes,
+    trace_spec_from_args,
+)
+from benchmarks.validation_errors import (
+    DEFAULT_TARGET,
+    HEADLINE,
+    LATENCY_KEYS,
+    LATENCY_STATS,
+    SCALAR_ROWS,
+    error_rows,
+    format_errors,
+    iteration_errors,
+    iteration_table,
+    label_runs,
+    per_request,
+    rel_error,
+    summarize,
+)
+from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
 from policies.scheduling.batch import ScheduledBatch
 from sim.config import SimConfig
 from sim.results import RunResult
@@ -72,30 +92,46 @@ if TYPE_CHECKING:  # the engine needs torch; importing this module does not
     from engine.model_runner import ModelRunner
     from engine.profiler import ProfileGrid
 
-DEFAULT_TARGET = 0.05  # |relative error| the issue asks for on the headline metrics
-LATENCY_KEYS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
-LATENCY_STATS = ("mean", "p50", "p90", "p99")
-HEADLINE = {
-    ("ttft_ms", "p50"),
-    ("ttft_ms", "p90"),
-    ("tpot_ms", "p50"),
-    ("tpot_ms", "p90"),
-    ("e2e_ms", "p50"),
-    ("e2e_ms", "p90"),
-    ("output_throughput", ""),
-    ("request_throughput", ""),
-}
-SCALAR_ROWS: tuple[tuple[str, str, str], ...] = (
-    # (label, path in the metrics dict, format)
-    ("request throughput (req/s)", "request_throughput", ".3f"),
-    ("output throughput (tok/s)", "output_throughput", ".1f"),
-    ("total token throughput (tok/s)", "total_token_throughput", ".1f"),
-    ("duration (s)", "duration_s", ".2f"),
-    ("preemptions (total)", "kv.preemptions_total", "d"),
-    ("prefix cache hit rate", "kv.prefix_hit_rate", ".2%"),
-    ("KV use mean (time-weighted)", "kv.mean_use", ".1%"),
-    ("KV use peak", "kv.peak_use", ".1%"),
-)
+__all__ = [
+    "DEFAULT_TARGET",
+    "HEADLINE",
+    "LATENCY_KEYS",
+    "LATENCY_STATS",
+    "OVERRIDABLE",
+    "POLICY_KEYS",
+    "SCALAR_ROWS",
+    "TRACE_SLICE_KEYS",
+    "ShapeTap",
+    "ValidationResult",
+    "add_validate_args",
+    "build_validation_figures",
+    "error_rows",
+    "format_errors",
+    "fresh_kv",
+    "iteration_errors",
+    "iteration_table",
+    "jsonable",
+    "label_runs",
+    "load_policy",
+    "main_recompute",
+    "main_validate",
+    "measure_capacity",
+    "mirror_sim_config",
+    "mirror_table",
+    "per_request",
+    "profile_mismatches",
+    "rebuild_trace",
+    "recompute",
+    "rel_error",
+    "replay_check",
+    "replay_shapes",
+    "summarize",
+    "trace_spec_from_args",
+    "validate",
+    "warm_up",
+    "write_validation_report",
+]
+
 # SimConfig fields the validation may change: everything else mirrors the engine.
 OVERRIDABLE = frozenset({"jump", "record_iterations", "horizon", "seed"})
 POLICY_KEYS = frozenset(
@@ -112,15 +148,6 @@ POLICY_KEYS = frozenset(
     }
 )
 _SHORT_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-_SHAPE_FIELDS = (
-    "num_layers",
-    "hidden_size",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "intermediate_size",
-    "vocab_size",
-)
 
 
 @dataclass
@@ -214,7 +241,7 @@ def profile_mismatches(profile: Profile, engine: LLMEngine) -> tuple[list[str], 
     ):
         if got != want:
             errors.append(f"{what}: profile {got!r}, engine {want!r}")
-    for f in _SHAPE_FIELDS:
+    for f in MODEL_SHAPE_FIELDS:
         if h.model_config.get(f) != getattr(engine.spec, f):
             errors.append(f"model {f}: profile {h.model_config.get(f)!r}, engine {getattr(engine.spec, f)!r}")
     notes = []
@@ -321,240 +348,6 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
                 runner.execute(batch)
         finally:
             release(batch, kv)
-
-
-# ------------------------------------------------------------------------------------------------
-# Comparison
-
-
-def _get(metrics: dict, path: str) -> object:
-    v = metrics
-    for k in path.split("."):
-        if not isinstance(v, dict) or k not in v:
-            return None
-        v = v[k]
-    return v
-
-
-def rel_error(predicted: float | None, measured: float | None) -> float | None:
-    """(predicted - measured) / measured; None when undefined (a side missing, or measured 0)."""
-    if predicted is None or measured is None or measured == 0:
-        return None
-    return (predicted - measured) / measured
-
-
-def error_rows(measured: dict, predicted: dict, target: float = DEFAULT_TARGET) -> list[dict]:
-    """One row per compared number: metric, stat, label, measured, predicted, rel_error, abs_error,
-    headline (one of the issue's targets), within_target (headline rows only)."""
-    rows = []
-
-    def add(metric: str, stat: str, label: str, fmt: str) -> None:
-        path = f"{metric}.{stat}" if stat else metric
-        m, p = _get(measured, path), _get(predicted, path)
-        e = rel_error(p, m)
-        head = (metric, stat) in HEADLINE
-        rows.append(
-            {
-                "metric": metric,
-                "stat": stat,
-                "label": label,
-                "format": fmt,
-                "measured": m,
-                "predicted": p,
-                "rel_error": e,
-                "abs_error": (p - m) if (p is not None and m is not None) else None,
-                "headline": head,
-                "within_target": (abs(e) <= target) if (head and e is not None) else None,
-            }
-        )
-
-    for key, short in LATENCY_KEYS:
-        for stat in LATENCY_STATS:
-            add(key, stat, f"{short} {stat.upper() if stat != 'mean' else 'mean'} (ms)", ".2f")
-    for label, path, fmt in SCALAR_ROWS:
-        add(path, "", label, fmt)
-    return rows
-
-
-def _abs_rel_summary(pred: np.ndarray, meas: np.ndarray) -> dict:
-    ok = np.isfinite(pred) & np.isfinite(meas) & (meas > 0)
-    if not ok.any():
-        return {
-            "n": 0,
-            "median_abs_rel_error": None,
-            "p90_abs_rel_error": None,
-            "max_abs_rel_error": None,
-            "mean_signed_rel_error": None,
-        }
-    e = (pred[ok] - meas[ok]) / meas[ok]
-    a = np.abs(e)
-    return {
-        "n": int(ok.sum()),
-        "median_abs_rel_error": float(np.median(a)),
-        "p90_abs_rel_error": float(np.percentile(a, 90)),
-        "max_abs_rel_error": float(a.max()),
-        "mean_signed_rel_error": float(e.mean()),
-    }
-
-
-def per_request(measured: RunResult, predicted: RunResult) -> dict[str, np.ndarray]:
-    """TTFT and E2E (s) of requests finished in both runs, aligned by request id."""
-    rm, rp = measured.requests, predicted.requests
-    if not np.array_equal(rm["id"], rp["id"]):
-        raise ValueError("measured and predicted runs hold different request ids")
-    both = (np.asarray(rm["status"]).astype(str) == "finished") & (
-        np.asarray(rp["status"]).astype(str) == "finished"
-    )
-    out = {"id": np.asarray(rm["id"])[both]}
-    for side, r in (("measured", rm), ("predicted", rp)):
-        arr = np.asarray(r["arrival"], dtype=np.float64)[both]
-        out[f"{side}_ttft"] = np.asarray(r["first_token"], dtype=np.float64)[both] - arr
-        out[f"{side}_e2e"] = np.asarray(r["finish"], dtype=np.float64)[both] - arr
-    return out
-
-
-def iteration_table(
-    measured: RunResult, shapes: list[BatchShape], execute_s: np.ndarray, cost: CalibratedCostModel
-) -> dict[str, np.ndarray]:
-    """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
-    the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
-    prediction of both for that iteration's shape (`shapes`, from a `ShapeTap` or `replay_shapes`)."""
-    it = measured.iterations
-    n = len(it["start"])
-    if not n == len(shapes) == len(execute_s):
-        raise RuntimeError(
-            f"engine logged {n} iterations but {len(shapes)} shapes and {len(execute_s)} step times "
-            "were given"
-        )
-    parts = [cost.parts(s) for s in shapes]
-    return {
-        "start": np.asarray(it["start"], dtype=np.float64),
-        "measured_s": np.asarray(it["end"], dtype=np.float64) - np.asarray(it["start"], dtype=np.float64),
-        "execute_s": np.asarray(execute_s, dtype=np.float64),
-        "predicted_s": np.array([p["execute"] + p["schedule"] for p in parts]),
-        "predicted_execute_s": np.array([p["execute"] for p in parts]),
-        "predicted_stage_s": np.array([cost.stage_time(s) for s in shapes]),
-        "kind": np.array([shape_kind(s) for s in shapes], dtype=object),
-        "num_seqs": np.array([s.num_seqs for s in shapes], dtype=np.int64),
-        "prefill_tokens": np.array([s.num_tokens - s.num_decode for s in shapes], dtype=np.int64),
-        "prefill_cached_tokens": np.array([sum(c for _, c in s.prefill) for s in shapes], dtype=np.int64),
-        "num_decode": np.array([s.num_decode for s in shapes], dtype=np.int64),
-        "decode_context": np.array([s.decode_context for s in shapes], dtype=np.int64),
-        "decode_max_context": np.array(
-            [s.decode_max_context or -(-s.decode_context // max(1, s.num_decode)) for s in shapes],
-            dtype=np.int64,
-        ),
-    }
-
-
-def iteration_errors(table: dict[str, np.ndarray]) -> dict:
-    out = {
-        "all": _abs_rel_summary(table["predicted_s"], table["measured_s"]),
-        "execute_only": _abs_rel_summary(table["predicted_execute_s"], table["execute_s"]),
-    }
-    for kind in ("decode", "prefill", "mixed"):
-        sel = table["kind"] == kind
-        out[kind] = _abs_rel_summary(table["predicted_s"][sel], table["measured_s"][sel])
-    m, p = table["measured_s"].sum(), table["predicted_s"].sum()
-    out["total_busy_seconds"] = {"measured": float(m), "predicted": float(p), "rel_error": rel_error(p, m)}
-    return out
-
-
-def summarize(
-    measured: RunResult,
-    predicted: RunResult,
-    table: dict[str, np.ndarray],
-    cost: CalibratedCostModel,
-    mirror: dict,
-    target: float,
-    notes: list[str],
-    capacity: dict | None,
-) -> dict:
-    rows = error_rows(measured.metrics, predicted.metrics, target)
-    head = [r for r in rows if r["headline"]]
-    errs = [abs(r["rel_error"]) for r in head if r["rel_error"] is not None]
-    pr = per_request(measured, predicted)
-    fit = cost.fit_report()
-    return {
-        "target": target,
-        "headline": {
-            "max_abs_rel_error": max(errs) if errs else None,
-            "all_within_target": bool(errs)
-            and all(r["within_target"] for r in head if r["rel_error"] is not None),
-            "rows": [f"{r['metric']}.{r['stat']}" if r["stat"] else r["metric"] for r in head],
-        },
-        "metrics": rows,
-        "per_request": {
-            "ttft": _abs_rel_summary(pr["predicted_ttft"], pr["measured_ttft"]),
-            "e2e": _abs_rel_summary(pr["predicted_e2e"], pr["measured_e2e"]),
-        },
-        "iterations": iteration_errors(table),
-        "runs": {
-            "measured": {
-                "iterations": measured.meta.get("iterations"),
-                "finished": measured.metrics.get("finished"),
-                "device": measured.meta.get("device"),
-                "wall_seconds": measured.meta.get("wall_seconds"),
-            },
-            "predicted": {
-                "iterations": predicted.meta.get("iterations"),
-                "finished": predicted.metrics.get("finished"),
-                "wall_seconds": predicted.meta.get("wall_seconds"),
-            },
-        },
-        "mirror": mirror,
-        "cost_model": cost.describe(),
-        "profile_fit": {
-            "all": fit["all"],
-            "groups": fit["groups"],
-            "overhead": fit["overhead"],
-            "notes": fit["notes"],
-        },
-        "capacity": capacity,
-        "notes": list(notes),
-    }
-
-
-def _previous_errors(errors: dict) -> dict[tuple[str, str], float | None] | None:
-    """(metric, stat) -> the signed error a recomputed report replaced, or None for a fresh report."""
-    prev = errors.get("previous")
-    if not prev:
-        return None
-    return {(r["metric"], r["stat"]): r.get("rel_error") for r in prev.get("metrics", [])}
-
-
-def format_errors(errors: dict) -> str:
-    """The error table as text, for the terminal (with the replaced errors of a recomputed report)."""
-    before = _previous_errors(errors)
-    head = f"{'metric':<34}{'measured':>14}{'predicted':>14}{'error':>10}"
-    lines = [head + ("   before" if before else "")]
-    for r in errors["metrics"]:
-
-        def f(v, fmt=r["format"]):
-            if v is None:
-                return "n/a"
-            return format(int(v), "d") if fmt == "d" else format(v, fmt)
-
-        e = "n/a" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
-        mark = "" if r["within_target"] is None else (" ok" if r["within_target"] else " !!")
-        old = ""
-        if before is not None:
-            b = before.get((r["metric"], r["stat"]))
-            old = f"{'n/a' if b is None else format(b, '+.1%'):>9}"
-        lines.append(f"{r['label']:<34}{f(r['measured']):>14}{f(r['predicted']):>14}{e:>10}{mark:<3}{old}")
-    h = errors["headline"]
-    if h["max_abs_rel_error"] is not None:
-        lines.append(
-            f"headline |error| max {h['max_abs_rel_error']:.1%} (target {errors['target']:.0%}): "
-            f"{'all within' if h['all_within_target'] else 'NOT all within'}"
-        )
-    it = errors["iterations"]["all"]
-    if it["n"]:
-        lines.append(
-            f"iteration time |error|: median {it['median_abs_rel_error']:.1%}, "
-            f"p90 {it['p90_abs_rel_error']:.1%} over {it['n']} iterations"
-        )
-    return "\n".join(lines)
 
 
 def fresh_kv(engine: LLMEngine) -> None:
@@ -710,11 +503,7 @@ def validate(
         measured = engine.replay(trace, seed=seed, time_limit=time_limit)
     say("simulating")
     predicted = Simulation(trace, cfg, cost=cost).run()
-    measured.meta["name"] = "measured (engine)"
-    predicted.meta["name"] = "predicted (simulator)"
-    predicted.meta["cost_model_profile"] = cost.describe()
-    measured.metrics = compute_metrics(measured)
-    predicted.metrics = compute_metrics(predicted)
+    label_runs(measured, predicted, cost)
     if len(tap.seconds) != len(measured.iterations["start"]):
         raise RuntimeError(
             f"engine logged {len(measured.iterations['start'])} iterations but {len(tap.seconds)} steps "
@@ -722,7 +511,7 @@ def validate(
         )
     shapes = tap.shapes
     table = iteration_table(measured, shapes, np.asarray(tap.seconds), cost)
-    notes.append(_replay_check(measured, trace, cfg, shapes))
+    notes.append(replay_check(measured, trace, cfg, shapes))
     busy = float(table["measured_s"].sum())
     if busy > 0:
         notes.append(
@@ -741,700 +530,6 @@ def validate(
         write_validation_report(result, out_dir, png=png)
         say(f"report: {result.out_dir}/index.html")
     return result
-
-
-# ------------------------------------------------------------------------------------------------
-# Recomputing an existing report (no GPU)
-
-TRACE_SLICE_KEYS = (
-    "trace",
-    "format",
-    "skip_bad_rows",
-    "window",
-    "max_requests",
-    "rate",
-    "cap_prompt",
-    "cap_output",
-    "cap_total",
-)
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-def trace_spec_from_args(a: argparse.Namespace) -> dict:
-    """The trace-slicing flags of a `validate` command line (what `sim.cli._load_trace` applies), with
-    the trace file as given and as resolved, for errors.json."""
-    from traces.loaders import default_trace_path
-
-    spec = {k: getattr(a, k, None) for k in TRACE_SLICE_KEYS}
-    path = Path(a.trace) if a.trace else default_trace_path()
-    spec["trace"] = str(path)
-    spec["trace_resolved"] = str(path.resolve())
-    return spec
-
-
-def _find_trace_file(candidates: list[str | None]) -> Path:
-    """The first candidate that is a file: as given, then under the project root, then by its name
-    among the shared traces (a report made on another machine names that machine's paths)."""
-    tried = []
-    for c in candidates:
-        if not c:
-            continue
-        p = Path(c)
-        for q in (p, _ROOT / p, _ROOT.parent / "shared" / "traces" / p.name):
-            tried.append(str(q))
-            if q.is_file():
-                return q
-    raise FileNotFoundError(
-        "trace file of the measured run not found (tried " + ", ".join(tried) + "); pass --trace PATH"
-    )
-
-
-def _slice_trace(spec: dict, path: Path) -> Trace:
-    from sim.cli import _load_trace
-
-    ns = argparse.Namespace(**{k: spec.get(k) for k in TRACE_SLICE_KEYS})
-    ns.trace = str(path)
-    ns.format = ns.format or "auto"
-    ns.skip_bad_rows = bool(ns.skip_bad_rows)
-    return _load_trace(ns)
-
-
-def _trace_mismatch(trace: Trace, measured: RunResult) -> list[str]:
-    """How `trace` differs from the requests the engine served ([] when it is the same slice). Requests a
-    time-limited run never admitted have 0 prompt tokens in the measured run; unfinished ones a short
-    output: those columns are compared where they are defined."""
-    rq = measured.requests
-    n = len(rq["id"])
-    if len(trace) != n:
-        return [f"{len(trace)} requests, the measured run served {n}"]
-    out = []
-    arr = np.asarray(rq["arrival"], dtype=np.float64)
-    if not np.allclose(trace.arrival, arr, rtol=1e-12, atol=1e-9):
-        i = int(np.argmax(np.abs(trace.arrival - arr)))
-        out.append(f"arrival of request {i}: {trace.arrival[i]!r} vs measured {arr[i]!r}")
-    prompt = np.asarray(rq["prompt_tokens"])
-    seen = prompt > 0
-    bad = np.flatnonzero(seen & (trace.prompt_len != prompt))
-    if bad.size:
-        out.append(f"{bad.size} prompt length(s) differ, first request {bad[0]}: {trace.prompt_len[bad[0]]} "
-                   f"vs measured {prompt[bad[0]]}")
-    done = np.asarray(rq["status"]).astype(str) == "finished"
-    bad = np.flatnonzero(done & (trace.output_len != np.asarray(rq["output_tokens"])))
-    if bad.size:
-        out.append(f"{bad.size} output length(s) differ, first request {bad[0]}")
-    return out
-
-
-def rebuild_trace(
-    measured: RunResult, errors: dict, trace_path: str | None = None, slicing: dict | None = None
-) -> tuple[Trace, dict, list[str]]:
-    """The trace slice a validation run served, rebuilt from its trace file: (trace, slicing used, notes).
-
-    The slicing is the one recorded in errors.json ("trace_spec"), overridden by `slicing`; a report
-    from before it was recorded is taken as the first num_requests requests, capped in total length
-    where the measured prompts show a cap (every shortened request then ends at the same total). The
-    result is scaled to the recorded load's rate and must match the measured requests (count, arrival
-    times, prompt lengths, finished outputs), else ValueError saying how it differs.
-    """
-    notes: list[str] = []
-    recorded = errors.get("trace_spec")
-    spec = dict(recorded or {})
-    if slicing:
-        spec.update({k: v for k, v in slicing.items() if v is not None})
-    path = _find_trace_file(
-        [trace_path, spec.get("trace"), spec.get("trace_resolved"), measured.meta.get("trace_source")]
-    )
-    if not recorded and not (slicing and slicing.get("max_requests")):
-        spec["max_requests"] = int(measured.meta["num_requests"])
-        notes.append(
-            f"slice not recorded: taken as the first {spec['max_requests']} requests of {path.name} "
-            "and checked against the measured requests"
-        )
-    cap = errors.get("capacity") or {}
-
-    def build(sp: dict) -> Trace:
-        t = _slice_trace(sp, path)
-        if cap.get("rate"):
-            from traces.transforms import scale_to_rate
-
-            t = scale_to_rate(t, float(cap["rate"]))
-        return t
-
-    trace = build(spec)
-    why = _trace_mismatch(trace, measured)
-    if why and not recorded and len(trace) == len(measured.requests["id"]) and not spec.get("cap_total"):
-        # A length cap (e.g. --cap-total below max_model_len) shortens the prompt first, so every
-        # shortened prompt plus its requested output ends at the cap.
-        prompt = np.asarray(measured.requests["prompt_tokens"])
-        diff = (prompt > 0) & (trace.prompt_len != prompt)
-        totals = set((prompt + trace.output_len)[diff].tolist())
-        if len(totals) == 1:
-            spec["cap_total"] = int(totals.pop())
-            trace = build(spec)
-            why = _trace_mismatch(trace, measured)
-            notes.append(f"length cap inferred from the measured prompts: cap_total={spec['cap_total']}")
-    if why:
-        raise ValueError(
-            f"the trace rebuilt from {path} ({spec}) is not the slice the engine served: "
-            + "; ".join(why)
-            + ". Pass the slicing flags the validation ran with (--trace, --max-requests, --window, "
-            "--cap-total, ...)"
-        )
-    spec["trace"] = str(path)
-    return trace, spec, notes
-
-
-_ITER_CHECKS = (
-    ("num_seqs", lambda b, s: len(b.seqs)),
-    ("num_prefill_seqs", lambda b, s: len(s.prefill)),
-    ("prefill_tokens", lambda b, s: s.num_tokens - s.num_decode),
-    ("decode_tokens", lambda b, s: s.num_decode),
-    ("preempted", lambda b, s: len(b.preempted)),
-)
-
-
-def replay_shapes(measured: RunResult, trace: Trace, cfg: SimConfig) -> list[BatchShape]:
-    """The shape of every iteration of a measured run, rebuilt by stepping the engine's own replica
-    logic (`ReplicaCore` with the mirrored scheduler and block manager) through the measured iteration
-    boundaries: arrivals up to each iteration's start are admitted, as the engine's loop admits them,
-    and the scheduler, deterministic, picks the batch the engine picked. Every rebuilt iteration is
-    checked against the engine's own iteration row; a difference raises ValueError naming it."""
-    from policies.kv.block_manager import BlockManager
-    from policies.scheduling import fcfs  # noqa: F401  (registers the schedulers)
-    from policies.scheduling.base import SCHEDULERS, SchedulerConfig
-    from policies.sequence import Sequence
-    from sim.replica_core import ReplicaCore
-    from sim.results import RunRecorder
-
-    if cfg.num_replicas != 1 or cfg.pp != 1:
-        raise ValueError("replay_shapes rebuilds single-replica, single-stage runs (as the engine serves)")
-    core = ReplicaCore(
-        0,
-        SCHEDULERS.create(
-            cfg.scheduler,
-            SchedulerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.enable_chunked_prefill),
-        ),
-        BlockManager(cfg.num_kv_blocks, cfg.block_size, cfg.enable_prefix_caching),
-        RunRecorder(len(trace), record_iterations=False),
-        cfg.max_model_len,
-    )
-    it = measured.iterations
-    starts = np.asarray(it["start"], dtype=np.float64)
-    ends = np.asarray(it["end"], dtype=np.float64)
-    arrival = trace.arrival
-    nxt = 0
-    shapes: list[BatchShape] = []
-    for j in range(len(starts)):
-        now = float(starts[j])
-        while nxt < len(trace) and arrival[nxt] <= now:
-            core.add(Sequence(trace.request(nxt)), float(arrival[nxt]))
-            nxt += 1
-        batch = core.schedule(now)
-        shape = core.shape(batch)
-        bad = [
-            f"{name} {get(batch, shape)} vs engine {int(it[name][j])}"
-            for name, get in _ITER_CHECKS
-            if get(batch, shape) != int(it[name][j])
-        ]
-        if bad:
-            raise ValueError(
-                f"measured iteration {j} (start {now:.6f} s) rebuilds differently: {'; '.join(bad)}; the "
-                "replica policy or the prefix hashing no longer matches the run that was measured"
-            )
-        shapes.append(shape)
-        core.complete(batch, now, float(ends[j]))
-    return shapes
-
-
-def _replay_check(measured: RunResult, trace: Trace, cfg: SimConfig, recorded: list[BatchShape]) -> str:
-    """Whether `replay_shapes` rebuilds the shapes the engine recorded (what `recompute` will rely on),
-    as a note for the report."""
-    try:
-        rebuilt = replay_shapes(measured, trace, cfg)
-    except ValueError as e:
-        return f"replay check failed, this run cannot be recomputed exactly: {e}"
-    for j, (a, b) in enumerate(zip(rebuilt, recorded)):
-        if (a.prefill, a.num_decode, a.decode_context, a.decode_max_context) != (
-            b.prefill,
-            b.num_decode,
-            b.decode_context,
-            b.decode_max_context,
-        ):
-            return f"replay check failed at iteration {j}: rebuilt {a}, recorded {b}"
-    return f"replay check: the {len(rebuilt)} iteration shapes rebuild exactly from the measured run"
-
-
-def _read_column(path: Path, name: str) -> np.ndarray:
-    with open(path, newline="") as f:
-        rows = csv.DictReader(f)
-        if rows.fieldnames is None or name not in rows.fieldnames:
-            raise ValueError(f"{path}: no column {name!r} (columns: {rows.fieldnames})")
-        vals = []
-        for i, r in enumerate(rows, start=2):
-            try:
-                vals.append(float(r[name]))
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path}: line {i}: field {name}: expected a number, got {r[name]!r}"
-                ) from None
-    return np.asarray(vals, dtype=np.float64)
-
-
-def _check_recorded_mirror(cfg: SimConfig, measured: RunResult, src: str) -> None:
-    meta = measured.meta
-    conf = meta.get("config") or {}
-    want = {"num_kv_blocks": meta.get("num_kv_blocks")}
-    for k in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len"):
-        want[k] = conf.get(k)
-    want["enable_prefix_caching"] = conf.get("enable_prefix_caching")
-    bad = [
-        f"{k}: simulator {getattr(cfg, k)!r}, engine {v!r}"
-        for k, v in want.items()
-        if v is not None and getattr(cfg, k) != v
-    ]
-    if bad:
-        raise ValueError(
-            f"{src}: the recorded simulator configuration does not mirror the engine: " + "; ".join(bad)
-        )
-
-
-def _check_profile_for_run(cost: CalibratedCostModel, measured: RunResult) -> None:
-    h = cost.profile.header
-    meta = measured.meta
-    bad = [
-        f"{what}: profile {got!r}, measured run {want!r}"
-        for what, got, want in (
-            ("device", h.device, meta.get("device")),
-            ("dtype", h.dtype, meta.get("dtype")),
-            ("model", h.model, meta.get("model")),
-            ("attention_backend", h.attention_backend, meta.get("attention_backend")),
-            ("cuda_graphs", h.cuda_graphs, meta.get("cuda_graphs")),
-        )
-        if want is not None and got != want
-    ]
-    if bad:
-        raise ValueError(
-            f"{cost.profile_path or 'profile'} does not describe the measured engine: " + "; ".join(bad)
-        )
-
-
-def recompute(
-    run_dir: str | Path,
-    profile: Profile | str | Path | None = None,
-    *,
-    out_dir: str | Path | None = None,
-    trace_path: str | None = None,
-    slicing: dict | None = None,
-    png: bool | str = "auto",
-    target: float | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> ValidationResult:
-    """Re-predict an existing validation report directory with the current cost model, no engine.
-
-    run_dir: a directory `validate` wrote (measured/, predicted/, errors.json, iterations.csv,
-        profile.json). profile: fit the cost model to this profile instead of the run's profile.json.
-    The measured run is kept; the simulation is redone on the same trace slice (`rebuild_trace`), with
-    the simulator configuration recorded in predicted/ (checked against the measured engine's), the
-    per-iteration table is rebuilt (`replay_shapes`), and the report is rewritten in out_dir (default:
-    run_dir itself) with errors.json holding the replaced numbers under "previous" and the first ones
-    under "original".
-    """
-    run = Path(run_dir)
-    say = progress or (lambda _m: None)
-    for f in ("measured/summary.json", "predicted/summary.json", "errors.json", "iterations.csv"):
-        if not (run / f).is_file():
-            raise FileNotFoundError(f"{run / f}: not found; {run} is not a validation report directory")
-    measured = RunResult.read(run / "measured")
-    old_pred = RunResult.read(run / "predicted")
-    try:
-        old = json.loads((run / "errors.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{run / 'errors.json'}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    cfg_src = f"{run / 'predicted' / 'summary.json'}: meta.config"
-    if "config" not in old_pred.meta:
-        raise ValueError(f"{cfg_src}: missing (the simulator configuration of the run)")
-    cfg = SimConfig.from_dict(dict(old_pred.meta["config"]), cfg_src)
-    _check_recorded_mirror(cfg, measured, cfg_src)
-    prof = profile if profile is not None else run / "profile.json"
-    cost = CalibratedCostModel(profile=prof)
-    _check_profile_for_run(cost, measured)
-    trace, spec, notes = rebuild_trace(measured, old, trace_path, slicing)
-    say(f"{run}: simulating {len(trace)} requests")
-    predicted = Simulation(trace, cfg, cost=cost).run()
-    measured.meta["name"] = "measured (engine)"
-    predicted.meta["name"] = "predicted (simulator)"
-    predicted.meta["cost_model_profile"] = cost.describe()
-    measured.metrics = compute_metrics(measured)
-    predicted.metrics = compute_metrics(predicted)
-    say(f"{run}: rebuilding {len(measured.iterations['start'])} iteration shapes")
-    shapes = replay_shapes(measured, trace, cfg)
-    table = iteration_table(measured, shapes, _read_column(run / "iterations.csv", "execute_s"), cost)
-    kept = [n for n in old.get("notes", []) if not n.startswith(("PNG export skipped", "recomputed "))]
-    kept = [n for n in kept if n not in cost.notes]
-    notes = kept + notes + list(cost.notes)
-    notes.append(
-        f"recomputed {_dt.datetime.now().isoformat(timespec='seconds')} with the current cost model, "
-        f"fitted to {cost.profile_path or 'the given profile'}; the measured run is the original"
-    )
-    errors = summarize(
-        measured, predicted, table, cost, old["mirror"], target if target is not None else old["target"],
-        notes, old.get("capacity"),
-    )
-    errors["trace_spec"] = spec
-    errors["time_limit"] = old.get("time_limit", cfg.horizon)
-    errors["seed"] = old.get("seed", cfg.seed)
-    previous = {k: v for k, v in old.items() if k not in ("previous", "original")}
-    errors["previous"] = _previous_summary(previous)
-    errors["original"] = old.get("original") or errors["previous"]
-    result = ValidationResult(measured, predicted, cfg, cost, errors, table, trace, None, notes=notes)
-    out = Path(out_dir) if out_dir is not None else run
-    same = out.resolve() == run.resolve()
-    write_validation_report(result, out, png=png, write_measured=not same)
-    return result
-
-
-def _previous_summary(errors: dict) -> dict:
-    """What a recomputed report keeps of the errors it replaces: the cost model, the headline, every
-    metric row's prediction and error, the per-iteration summary."""
-    return {
-        "cost_model": errors.get("cost_model"),
-        "profile_fit_all": (errors.get("profile_fit") or {}).get("all"),
-        "headline": errors.get("headline"),
-        "metrics": [
-            {k: r.get(k) for k in ("metric", "stat", "label", "predicted", "rel_error")}
-            for r in errors.get("metrics", [])
-        ],
-        "iterations": errors.get("iterations"),
-    }
-
-
-# ------------------------------------------------------------------------------------------------
-# Report
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-thead th { background: #f0f0f0; text-align: center; }
-tbody th { text-align: left; font-weight: normal; }
-td.ok { background: #e8f6e8; } td.bad { background: #fbe5e5; }
-tr.headline th { font-weight: bold; }
-section { margin-top: 2em; }
-pre { background: #f8f8f8; padding: 0.8em; overflow-x: auto; }
-"""
-
-
-def _fmt(v, fmt: str) -> str:
-    if v is None:
-        return "—"
-    if fmt == "d":
-        return format(int(v), "d")
-    return format(v, fmt)
-
-
-def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        xaxis_title=x,
-        yaxis_title=y,
-        template="plotly_white",
-        height=480,
-        legend=dict(orientation="h", y=-0.2),
-        margin=dict(t=60, b=40),
-    )
-    return fig
-
-
-def _thin(n: int, max_points: int = 20000) -> np.ndarray:
-    return np.arange(n) if n <= max_points else np.unique(np.linspace(0, n - 1, max_points).astype(np.int64))
-
-
-def _scatter(
-    x_meas: np.ndarray,
-    y_pred: np.ndarray,
-    title: str,
-    unit: str,
-    groups: np.ndarray | None = None,
-    ids: np.ndarray | None = None,
-) -> go.Figure:
-    fig = go.Figure()
-    ok = np.isfinite(x_meas) & np.isfinite(y_pred)
-    kinds = [None] if groups is None else [k for k in ("decode", "prefill", "mixed") if (groups == k).any()]
-    for i, k in enumerate(kinds):
-        sel = ok if k is None else ok & (groups == k)
-        idx = np.flatnonzero(sel)[_thin(int(sel.sum()))]
-        text = None if ids is None else [f"request {int(r)}" for r in ids[idx]]
-        fig.add_trace(
-            go.Scattergl(
-                x=x_meas[idx],
-                y=y_pred[idx],
-                mode="markers",
-                name=k or "requests",
-                text=text,
-                marker=dict(size=5, opacity=0.6, color=("#1f77b4", "#d62728", "#2ca02c")[i]),
-            )
-        )
-    if ok.any():
-        lo = float(min(x_meas[ok].min(), y_pred[ok].min()))
-        hi = float(max(x_meas[ok].max(), y_pred[ok].max()))
-        fig.add_trace(
-            go.Scatter(
-                x=[lo, hi],
-                y=[lo, hi],
-                mode="lines",
-                name="predicted = measured",
-                line=dict(color="#888", dash="dash"),
-            )
-        )
-        if lo > 0:
-            fig.update_xaxes(type="log")
-            fig.update_yaxes(type="log")
-    return _layout(fig, title, f"measured ({unit})", f"predicted ({unit})")
-
-
-def _iteration_figure(table: dict[str, np.ndarray]) -> go.Figure:
-    t0 = float(table["start"].min()) if table["start"].size else 0.0
-    idx = _thin(len(table["start"]))
-    x = table["start"][idx] - t0
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=table["measured_s"][idx] * 1e3,
-            mode="markers",
-            name="measured",
-            marker=dict(size=4, color="#1f77b4", opacity=0.7),
-        )
-    )
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=table["predicted_s"][idx] * 1e3,
-            mode="markers",
-            name="predicted",
-            marker=dict(size=4, color="#d62728", opacity=0.7),
-        )
-    )
-    return _layout(
-        fig,
-        "Iteration time over the run: measured vs predicted for the same batch",
-        "engine time since first iteration (s)",
-        "iteration time (ms)",
-    )
-
-
-def _profile_fit_figure(cost: CalibratedCostModel) -> go.Figure:
-    rows = cost.fit_report()["samples"]
-    m = np.array([r["measured_s"] for r in rows]) * 1e3
-    p = np.array([r["predicted_s"] for r in rows]) * 1e3
-    kinds = np.array([r["kind"] for r in rows], dtype=object)
-    fig = _scatter(m, p, "Profile fit: step time of every profiled shape, fitted vs measured", "ms", kinds)
-    return fig
-
-
-def build_validation_figures(result: ValidationResult) -> dict[str, go.Figure]:
-    pr = per_request(result.measured, result.predicted)
-    t = result.iterations
-    return {
-        "ttft_scatter": _scatter(
-            pr["measured_ttft"] * 1e3,
-            pr["predicted_ttft"] * 1e3,
-            "TTFT per request: predicted vs measured",
-            "ms",
-            ids=pr["id"],
-        ),
-        "e2e_scatter": _scatter(
-            pr["measured_e2e"] * 1e3,
-            pr["predicted_e2e"] * 1e3,
-            "E2E latency per request: predicted vs measured",
-            "ms",
-            ids=pr["id"],
-        ),
-        "iteration_time": _iteration_figure(t),
-        "iteration_scatter": _scatter(
-            t["measured_s"] * 1e3,
-            t["predicted_s"] * 1e3,
-            "Iteration time per measured iteration: predicted vs measured",
-            "ms",
-            t["kind"],
-        ),
-        "profile_fit": _profile_fit_figure(result.cost),
-    }
-
-
-def _error_table_html(errors: dict) -> str:
-    e = html.escape
-    before = _previous_errors(errors)
-    body = []
-    for r in errors["metrics"]:
-        err = "—" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
-        cls = "" if r["within_target"] is None else (" class='ok'" if r["within_target"] else " class='bad'")
-        row_cls = " class='headline'" if r["headline"] else ""
-        old = ""
-        if before is not None:
-            b = before.get((r["metric"], r["stat"]))
-            old = f"<td>{e('—' if b is None else format(b, '+.1%'))}</td>"
-        body.append(
-            f"<tr{row_cls}><th>{e(r['label'])}</th><td>{e(_fmt(r['measured'], r['format']))}</td>"
-            f"<td>{e(_fmt(r['predicted'], r['format']))}</td><td{cls}>{e(err)}</td>{old}</tr>"
-        )
-    head = "<th>error before recompute</th>" if before is not None else ""
-    return (
-        "<table><thead><tr><th>metric</th><th>measured (engine)</th><th>predicted (simulator)</th>"
-        f"<th>signed relative error</th>{head}</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
-    )
-
-
-def _summary_table_html(title: str, d: dict[str, dict]) -> str:
-    e = html.escape
-    rows = []
-    for k, s in d.items():
-        if not isinstance(s, dict) or "n" not in s:
-            continue
-        cells = [_fmt(s["n"], "d")] + [
-            _fmt(s.get(x), ".1%") for x in ("median_abs_rel_error", "p90_abs_rel_error", "max_abs_rel_error")
-        ]
-        cells.append("—" if s.get("mean_signed_rel_error") is None else f"{s['mean_signed_rel_error']:+.1%}")
-        rows.append(f"<tr><th>{e(k)}</th>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    return (
-        f"<table><thead><tr><th>{e(title)}</th><th>n</th><th>median |err|</th><th>P90 |err|</th>"
-        "<th>max |err|</th><th>mean signed err</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-    )
-
-
-def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
-    e = html.escape
-    er = result.errors
-    m = result.measured.meta
-    cm = result.cost.describe()
-    head = er["headline"]
-    verdict = (
-        "—"
-        if head["max_abs_rel_error"] is None
-        else f"max |error| on the headline metrics {head['max_abs_rel_error']:.1%} "
-        f"(target {er['target']:.0%}): {'all' if head['all_within_target'] else 'not all'} within target"
-    )
-    mirror_rows = "".join(
-        f"<tr><th>{e(k)}</th><td>{e(str(a))}</td><td>{e(str(b))}</td></tr>"
-        for k, (a, b) in er["mirror"].items()
-    )
-    cap = er.get("capacity")
-    cap_text = (
-        ""
-        if not cap
-        else (
-            f"<p>Load: {cap['load']:.0%} of the capacity measured by the {e(cap['source'])} "
-            f"({cap['request_throughput']:.3f} req/s), i.e. {cap['rate']:.3f} req/s.</p>"
-        )
-    )
-    parts = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Validation: {e(str(m.get('trace')))}</title><style>{_CSS}</style>",
-        f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>",
-        "</head><body>",
-        f"<h1>Simulator vs engine: {e(str(m.get('trace')))}</h1>",
-        f"<p>Generated {e(_dt.datetime.now().isoformat(timespec='seconds'))}. {len(result.trace)} requests; "
-        f"engine on {e(str(m.get('device')))} ({e(str(m.get('model')))}, {e(str(m.get('dtype')))}); "
-        f"simulator with cost model <b>{e(cm['name'])}</b> fitted to the profile of {e(cm['device'])} "
-        f"({e(str(cm['profile'] or 'measured on the spot'))}, {e(cm['profile_date'])}).</p>",
-        cap_text,
-        f"<p><b>{e(verdict)}</b></p>",
-        "<p>Signed relative error = (predicted - measured) / measured. Latencies follow vLLM's "
-        "serving-benchmark definitions. <a href='side_by_side.html'>Side-by-side run report</a> (CDFs, "
-        "throughput, KV use and batch size over time).</p>",
-        "<section><h2>Predicted vs measured</h2>",
-        _error_table_html(er),
-        "</section>",
-        "<section><h2>Per request and per iteration</h2>",
-        _summary_table_html("per request", er["per_request"]),
-        _summary_table_html("per iteration (scheduler + step)", er["iterations"]),
-        "</section>",
-        "<section><h2>Mirror check</h2><table><thead><tr><th>field</th><th>engine</th><th>simulator</th></tr>"
-        f"</thead><tbody>{mirror_rows}</tbody></table></section>",
-    ]
-    for key, fig in figures.items():
-        div = pio.to_html(
-            fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}", config={"displaylogo": False}
-        )
-        parts.append(f"<section id='{key}'>{div}</section>")
-    notes = er.get("notes") or []
-    if notes:
-        parts.append(
-            "<section><h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul></section>"
-        )
-    parts.append(f"<section><h2>Profile fit</h2><pre>{e(result.cost.format_fit_report())}</pre></section>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def jsonable(v: object) -> object:
-    """`v` with numpy scalars and arrays as Python values and NaN/inf as None (undefined), for JSON."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [jsonable(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
-def _write_iterations_csv(path: Path, table: dict[str, np.ndarray]) -> None:
-    cols = list(table)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for i in range(len(table["start"])):
-            w.writerow(
-                [repr(float(table[c][i])) if table[c].dtype.kind == "f" else table[c][i] for c in cols]
-            )
-
-
-def write_validation_report(
-    result: ValidationResult, out_dir: str | Path, png: bool | str = "auto", write_measured: bool = True
-) -> Path:
-    """Write the report directory (see the module docstring); returns it. png: True (required),
-    False (skip) or 'auto' (when kaleido and a browser are available; a note otherwise).
-    write_measured=False leaves an existing measured/ run as it is (a recomputed report)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    do_png = png is True or (png == "auto" and png_export_available())
-    if png is True and not png_export_available():
-        raise RuntimeError(PNG_HELP)
-    if png == "auto" and not do_png:
-        result.errors["notes"].append("PNG export skipped: " + PNG_HELP)
-    if write_measured:
-        result.measured.write(out / "measured")
-    result.predicted.write(out / "predicted")
-    result.cost.profile.save(out / "profile.json")
-    _write_iterations_csv(out / "iterations.csv", result.iterations)
-    figures = build_validation_figures(result)
-    write_report(
-        [result.measured, result.predicted],
-        out / "side_by_side.html",
-        png_dir=(out / "png" / "side_by_side") if do_png else None,
-        title=f"Measured vs predicted: {result.measured.meta.get('trace')}",
-    )
-    (out / "index.html").write_text(_page(result, figures), encoding="utf-8")
-    if do_png:
-        png_dir = out / "png"
-        png_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            pio.write_images(
-                list(figures.values()), [png_dir / f"{k}.png" for k in figures], width=1100, height=550
-            )
-        except Exception as e:
-            raise RuntimeError(f"PNG export to {png_dir} failed: {e}. {PNG_HELP}") from e
-    (out / "errors.json").write_text(json.dumps(jsonable(result.errors), indent=2, allow_nan=False))
-    result.out_dir = out
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from backends.accelerators import get_accelerator
 from backends.calibrated import CalibratedCostModel, triton_decode_splits
 from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
 from backends.models import get_model
-from backends.profile import OverheadSample, Profile, ProfileHeader, ShapeSample
+from backends.profile import MODEL_SHAPE_FIELDS, OverheadSample, Profile, ProfileHeader, ShapeSample
 from sim.config import SimConfig
 from sim.simulator import simulate
 from traces.schema import Trace
@@ -131,18 +131,7 @@ def grid() -> list[BatchShape]:
 
 
 def header(**overrides) -> ProfileHeader:
-    cfg = {
-        f: getattr(ARCH, f)
-        for f in (
-            "num_layers",
-            "hidden_size",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "intermediate_size",
-            "vocab_size",
-        )
-    }
+    cfg = {f: getattr(ARCH, f) for f in MODEL_SHAPE_FIELDS}
     base = ProfileHeader(
         device="NVIDIA H100 80GB HBM3",
         device_kind="cuda",

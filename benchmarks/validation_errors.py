@@ -1,0 +1,287 @@
+"""Error rows and summaries of a validation: how far the simulator's prediction is from the engine's run.
+
+Signed relative errors, (predicted - measured) / measured, of every headline and secondary metric
+(the rows of the report's table), per request (TTFT, E2E) and per measured iteration (the cost
+model's prediction for that iteration's exact shape), and the terminal form of the table. Shared by
+a fresh validation (`benchmarks.validate`), a recomputed one (`benchmarks.revalidate`) and the
+report (`benchmarks.validation_report`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from backends.profile import shape_kind
+from benchmarks.metrics import compute_metrics
+
+if TYPE_CHECKING:
+    from backends.calibrated import CalibratedCostModel
+    from backends.cost_model import BatchShape
+    from sim.results import RunResult
+
+DEFAULT_TARGET = 0.05  # |relative error| the issue asks for on the headline metrics
+LATENCY_KEYS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
+LATENCY_STATS = ("mean", "p50", "p90", "p99")
+HEADLINE = {
+    ("ttft_ms", "p50"),
+    ("ttft_ms", "p90"),
+    ("tpot_ms", "p50"),
+    ("tpot_ms", "p90"),
+    ("e2e_ms", "p50"),
+    ("e2e_ms", "p90"),
+    ("output_throughput", ""),
+    ("request_throughput", ""),
+}
+SCALAR_ROWS: tuple[tuple[str, str, str], ...] = (
+    # (label, path in the metrics dict, format)
+    ("request throughput (req/s)", "request_throughput", ".3f"),
+    ("output throughput (tok/s)", "output_throughput", ".1f"),
+    ("total token throughput (tok/s)", "total_token_throughput", ".1f"),
+    ("duration (s)", "duration_s", ".2f"),
+    ("preemptions (total)", "kv.preemptions_total", "d"),
+    ("prefix cache hit rate", "kv.prefix_hit_rate", ".2%"),
+    ("KV use mean (time-weighted)", "kv.mean_use", ".1%"),
+    ("KV use peak", "kv.peak_use", ".1%"),
+)
+
+
+def _get(metrics: dict, path: str) -> object:
+    v = metrics
+    for k in path.split("."):
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+
+def rel_error(predicted: float | None, measured: float | None) -> float | None:
+    """(predicted - measured) / measured; None when undefined (a side missing, or measured 0)."""
+    if predicted is None or measured is None or measured == 0:
+        return None
+    return (predicted - measured) / measured
+
+
+def error_rows(measured: dict, predicted: dict, target: float = DEFAULT_TARGET) -> list[dict]:
+    """One row per compared number: metric, stat, label, measured, predicted, rel_error, abs_error,
+    headline (one of the issue's targets), within_target (headline rows only)."""
+    rows = []
+
+    def add(metric: str, stat: str, label: str, fmt: str) -> None:
+        path = f"{metric}.{stat}" if stat else metric
+        m, p = _get(measured, path), _get(predicted, path)
+        e = rel_error(p, m)
+        head = (metric, stat) in HEADLINE
+        rows.append(
+            {
+                "metric": metric,
+                "stat": stat,
+                "label": label,
+                "format": fmt,
+                "measured": m,
+                "predicted": p,
+                "rel_error": e,
+                "abs_error": (p - m) if (p is not None and m is not None) else None,
+                "headline": head,
+                "within_target": (abs(e) <= target) if (head and e is not None) else None,
+            }
+        )
+
+    for key, short in LATENCY_KEYS:
+        for stat in LATENCY_STATS:
+            add(key, stat, f"{short} {stat.upper() if stat != 'mean' else 'mean'} (ms)", ".2f")
+    for label, path, fmt in SCALAR_ROWS:
+        add(path, "", label, fmt)
+    return rows
+
+
+def _abs_rel_summary(pred: np.ndarray, meas: np.ndarray) -> dict:
+    ok = np.isfinite(pred) & np.isfinite(meas) & (meas > 0)
+    if not ok.any():
+        return {
+            "n": 0,
+            "median_abs_rel_error": None,
+            "p90_abs_rel_error": None,
+            "max_abs_rel_error": None,
+            "mean_signed_rel_error": None,
+        }
+    e = (pred[ok] - meas[ok]) / meas[ok]
+    a = np.abs(e)
+    return {
+        "n": int(ok.sum()),
+        "median_abs_rel_error": float(np.median(a)),
+        "p90_abs_rel_error": float(np.percentile(a, 90)),
+        "max_abs_rel_error": float(a.max()),
+        "mean_signed_rel_error": float(e.mean()),
+    }
+
+
+def label_runs(measured: RunResult, predicted: RunResult, cost: CalibratedCostModel) -> None:
+    """Name the engine's and the simulator's run for the reports, record in the prediction which cost
+    model made it, and compute both runs' metrics (what `error_rows` compares), in place."""
+    measured.meta["name"] = "measured (engine)"
+    predicted.meta["name"] = "predicted (simulator)"
+    predicted.meta["cost_model_profile"] = cost.describe()
+    measured.metrics = compute_metrics(measured)
+    predicted.metrics = compute_metrics(predicted)
+
+
+def per_request(measured: RunResult, predicted: RunResult) -> dict[str, np.ndarray]:
+    """TTFT and E2E (s) of requests finished in both runs, aligned by request id."""
+    rm, rp = measured.requests, predicted.requests
+    if not np.array_equal(rm["id"], rp["id"]):
+        raise ValueError("measured and predicted runs hold different request ids")
+    both = (np.asarray(rm["status"]).astype(str) == "finished") & (
+        np.asarray(rp["status"]).astype(str) == "finished"
+    )
+    out = {"id": np.asarray(rm["id"])[both]}
+    for side, r in (("measured", rm), ("predicted", rp)):
+        arr = np.asarray(r["arrival"], dtype=np.float64)[both]
+        out[f"{side}_ttft"] = np.asarray(r["first_token"], dtype=np.float64)[both] - arr
+        out[f"{side}_e2e"] = np.asarray(r["finish"], dtype=np.float64)[both] - arr
+    return out
+
+
+def iteration_table(
+    measured: RunResult, shapes: list[BatchShape], execute_s: np.ndarray, cost: CalibratedCostModel
+) -> dict[str, np.ndarray]:
+    """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
+    the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
+    prediction of both for that iteration's shape (`shapes`, from a `ShapeTap` or `replay_shapes`)."""
+    it = measured.iterations
+    n = len(it["start"])
+    if not n == len(shapes) == len(execute_s):
+        raise RuntimeError(
+            f"engine logged {n} iterations but {len(shapes)} shapes and {len(execute_s)} step times "
+            "were given"
+        )
+    parts = [cost.parts(s) for s in shapes]
+    return {
+        "start": np.asarray(it["start"], dtype=np.float64),
+        "measured_s": np.asarray(it["end"], dtype=np.float64) - np.asarray(it["start"], dtype=np.float64),
+        "execute_s": np.asarray(execute_s, dtype=np.float64),
+        "predicted_s": np.array([p["execute"] + p["schedule"] for p in parts]),
+        "predicted_execute_s": np.array([p["execute"] for p in parts]),
+        "predicted_stage_s": np.array([cost.stage_time(s) for s in shapes]),
+        "kind": np.array([shape_kind(s) for s in shapes], dtype=object),
+        "num_seqs": np.array([s.num_seqs for s in shapes], dtype=np.int64),
+        "prefill_tokens": np.array([s.num_tokens - s.num_decode for s in shapes], dtype=np.int64),
+        "prefill_cached_tokens": np.array([sum(c for _, c in s.prefill) for s in shapes], dtype=np.int64),
+        "num_decode": np.array([s.num_decode for s in shapes], dtype=np.int64),
+        "decode_context": np.array([s.decode_context for s in shapes], dtype=np.int64),
+        "decode_max_context": np.array(
+            [s.decode_max_context or -(-s.decode_context // max(1, s.num_decode)) for s in shapes],
+            dtype=np.int64,
+        ),
+    }
+
+
+def iteration_errors(table: dict[str, np.ndarray]) -> dict:
+    out = {
+        "all": _abs_rel_summary(table["predicted_s"], table["measured_s"]),
+        "execute_only": _abs_rel_summary(table["predicted_execute_s"], table["execute_s"]),
+    }
+    for kind in ("decode", "prefill", "mixed"):
+        sel = table["kind"] == kind
+        out[kind] = _abs_rel_summary(table["predicted_s"][sel], table["measured_s"][sel])
+    m, p = table["measured_s"].sum(), table["predicted_s"].sum()
+    out["total_busy_seconds"] = {"measured": float(m), "predicted": float(p), "rel_error": rel_error(p, m)}
+    return out
+
+
+def summarize(
+    measured: RunResult,
+    predicted: RunResult,
+    table: dict[str, np.ndarray],
+    cost: CalibratedCostModel,
+    mirror: dict,
+    target: float,
+    notes: list[str],
+    capacity: dict | None,
+) -> dict:
+    rows = error_rows(measured.metrics, predicted.metrics, target)
+    head = [r for r in rows if r["headline"]]
+    errs = [abs(r["rel_error"]) for r in head if r["rel_error"] is not None]
+    pr = per_request(measured, predicted)
+    fit = cost.fit_report()
+    return {
+        "target": target,
+        "headline": {
+            "max_abs_rel_error": max(errs) if errs else None,
+            "all_within_target": bool(errs)
+            and all(r["within_target"] for r in head if r["rel_error"] is not None),
+            "rows": [f"{r['metric']}.{r['stat']}" if r["stat"] else r["metric"] for r in head],
+        },
+        "metrics": rows,
+        "per_request": {
+            "ttft": _abs_rel_summary(pr["predicted_ttft"], pr["measured_ttft"]),
+            "e2e": _abs_rel_summary(pr["predicted_e2e"], pr["measured_e2e"]),
+        },
+        "iterations": iteration_errors(table),
+        "runs": {
+            "measured": {
+                "iterations": measured.meta.get("iterations"),
+                "finished": measured.metrics.get("finished"),
+                "device": measured.meta.get("device"),
+                "wall_seconds": measured.meta.get("wall_seconds"),
+            },
+            "predicted": {
+                "iterations": predicted.meta.get("iterations"),
+                "finished": predicted.metrics.get("finished"),
+                "wall_seconds": predicted.meta.get("wall_seconds"),
+            },
+        },
+        "mirror": mirror,
+        "cost_model": cost.describe(),
+        "profile_fit": {
+            "all": fit["all"],
+            "groups": fit["groups"],
+            "overhead": fit["overhead"],
+            "notes": fit["notes"],
+        },
+        "capacity": capacity,
+        "notes": list(notes),
+    }
+
+
+def previous_errors(errors: dict) -> dict[tuple[str, str], float | None] | None:
+    """(metric, stat) -> the signed error a recomputed report replaced, or None for a fresh report."""
+    prev = errors.get("previous")
+    if not prev:
+        return None
+    return {(r["metric"], r["stat"]): r.get("rel_error") for r in prev.get("metrics", [])}
+
+
+def format_errors(errors: dict) -> str:
+    """The error table as text, for the terminal (with the replaced errors of a recomputed report)."""
+    before = previous_errors(errors)
+    head = f"{'metric':<34}{'measured':>14}{'predicted':>14}{'error':>10}"
+    lines = [head + ("   before" if before else "")]
+    for r in errors["metrics"]:
+
+        def f(v, fmt=r["format"]):
+            if v is None:
+                return "n/a"
+            return format(int(v), "d") if fmt == "d" else format(v, fmt)
+
+        e = "n/a" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
+        mark = "" if r["within_target"] is None else (" ok" if r["within_target"] else " !!")
+        old = ""
+        if before is not None:
+            b = before.get((r["metric"], r["stat"]))
+            old = f"{'n/a' if b is None else format(b, '+.1%'):>9}"
+        lines.append(f"{r['label']:<34}{f(r['measured']):>14}{f(r['predicted']):>14}{e:>10}{mark:<3}{old}")
+    h = errors["headline"]
+    if h["max_abs_rel_error"] is not None:
+        lines.append(
+            f"headline |error| max {h['max_abs_rel_error']:.1%} (target {errors['target']:.0%}): "
+            f"{'all within' if h['all_within_target'] else 'NOT all within'}"
+        )
+    it = errors["iterations"]["all"]
+    if it["n"]:
+        lines.append(
+            f"iteration time |error|: median {it['median_abs_rel_error']:.1%}, "
+            f"p90 {it['p90_abs_rel_error']:.1%} over {it['n']} iterations"
+        )
+    return "\n".join(lines)
