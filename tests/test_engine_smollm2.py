@@ -165,7 +165,6 @@ def test_gguf_tokenizer_matches_transformers(engine_and_outputs) -> None:
         assert eng.tokenizer.encode(t) == ref(t, add_special_tokens=False)["input_ids"], t
 
 
-@pytest.mark.slow
 def test_greedy_equals_transformers_gguf(engine_and_outputs) -> None:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # transformers needs it to read GGUF
