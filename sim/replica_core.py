@@ -7,7 +7,7 @@ computed tokens, sampled tokens, first-token and finish times, ITLs, freed KV.
 
 `decode_run_limit()` / `complete_decode_run()` are the bulk form of `complete()` for k
 identical pure-decode iterations in a row; the simulator uses them to jump over stretches in
-which nothing arrives or finishes, and `tests/test_sim_jump.py` checks that the timeline is
+which nothing arrives or finishes, and `tests/test_simulator.py` checks that the timeline is
 the same as stepping one iteration at a time.
 """
 
