@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
-from engine.sampling import SamplingParams
+from engine.sampling import SamplingParams, stop_reason
 from engine.tokenizer import Tokenizer, load_tokenizer
 from policies.kv.block_manager import BlockManager
 from policies.scheduling.base import SCHEDULERS, SchedulerConfig
@@ -104,15 +104,8 @@ class LLMEngine:
     def max_model_len(self) -> int:
         return self.runner.max_model_len
 
-    def _core(self, num_requests: int, stop_token_ids: frozenset[int]) -> ReplicaCore:
-        return ReplicaCore(
-            0,
-            self.scheduler,
-            self.kv,
-            RunRecorder(num_requests),
-            self.max_model_len,
-            stop_token_ids=stop_token_ids,
-        )
+    def _core(self, num_requests: int) -> ReplicaCore:
+        return ReplicaCore(0, self.scheduler, self.kv, RunRecorder(num_requests), self.max_model_len)
 
     def _step(self, core: ReplicaCore, now: float) -> tuple[float, bool]:
         """One iteration at engine time `now`; returns (end time, whether anything happened)."""
@@ -130,20 +123,13 @@ class LLMEngine:
     def generate(
         self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams]
     ) -> list[GenerationOutput]:
-        """Serve token-id prompts to completion; outputs in prompt order.
-
-        Stop tokens are applied by the replica step, which holds one stop set: all requests of
-        one call must agree on `ignore_eos` and `stop_token_ids` (lengths may differ).
-        """
+        """Serve token-id prompts to completion; outputs in prompt order. Each request stops on
+        its own stop ids, on EOS unless it ignores EOS, or at its `max_tokens`."""
         params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
-        stop_sets = {(p.ignore_eos, tuple(sorted(p.stop_token_ids))) for p in params}
-        if len(stop_sets) > 1:
-            raise ValueError("requests of one generate() call must share ignore_eos and stop_token_ids")
-        ignore_eos, stops = next(iter(stop_sets)) if stop_sets else (True, ())
-        stop = frozenset(stops) | (frozenset() if ignore_eos else frozenset(self.spec.eos_token_ids))
-        core = self._core(len(prompts), stop)
+        eos = tuple(self.spec.eos_token_ids)
+        core = self._core(len(prompts))
         seqs: list[Sequence] = []
         runner = self.runner
         runner.sampling.clear()
@@ -157,6 +143,7 @@ class LLMEngine:
                 )
             req = Request(id=i, arrival=0.0, prompt_len=len(prompt), output_len=p.max_tokens)
             seq = Sequence(req, token_ids=list(prompt))
+            seq.stop_token_ids = frozenset(p.stop_token_ids) | frozenset(() if p.ignore_eos else eos)
             if not p.greedy:  # greedy is the runner's default: only the others are looked up
                 runner.sampling[i] = p
             seqs.append(seq)
@@ -172,10 +159,8 @@ class LLMEngine:
             gen = seq.token_ids[prompt_len:] if seq.token_ids is not None else []
             if seq.status is Status.REJECTED:
                 reason = f"rejected: {seq.reject_reason}"
-            elif gen and gen[-1] in stop:
-                reason = "stop" if gen[-1] in p.stop_token_ids else "eos"
             else:
-                reason = "length"
+                reason = (stop_reason(p, gen[-1], len(gen), eos) if gen else None) or "length"
             outs.append(
                 GenerationOutput(
                     seq.id,
@@ -194,7 +179,7 @@ class LLMEngine:
     def replay(self, trace: Trace, *, seed: int = 0, time_limit: float | None = None) -> RunResult:
         """Serve `trace` against the wall clock (idle gaps skipped), greedy, ignoring EOS so that
         every request produces exactly its trace output length, and return the run's result."""
-        core = self._core(len(trace), frozenset())
+        core = self._core(len(trace))
         runner = self.runner
         runner.sampling.clear()
         arrivals = trace.arrival

@@ -40,6 +40,7 @@ class Sequence:
         "reject_reason",
         "replica",
         "in_flight",
+        "stop_token_ids",
     )
 
     def __init__(self, request: Request, token_ids: list[int] | None = None) -> None:
@@ -61,6 +62,8 @@ class Sequence:
         self.reject_reason = ""
         self.replica = -1
         self.in_flight = False  # inside a pipeline micro-batch that has not completed yet
+        # Sampled ids that end this request early (engine: EOS unless ignored, user stop ids).
+        self.stop_token_ids: frozenset[int] = frozenset()
 
     @property
     def id(self) -> int:

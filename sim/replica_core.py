@@ -34,14 +34,12 @@ class ReplicaCore:
         kv: BlockManager,
         recorder: RunRecorder,
         max_model_len: int | None = None,
-        stop_token_ids: frozenset[int] = frozenset(),
     ) -> None:
         self.id = replica_id
         self.scheduler = scheduler
         self.kv = kv
         self.recorder = recorder
         self.max_model_len = max_model_len
-        self.stop_token_ids = stop_token_ids
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_outstanding = 0
@@ -149,7 +147,7 @@ class ReplicaCore:
                 t += 1
                 if seq.token_ids is not None:
                     seq.token_ids.append(tok)
-                stop = tok in self.stop_token_ids
+                stop = tok in seq.stop_token_ids
             if seq.first_token < 0:
                 seq.first_token = end
             else:

@@ -86,6 +86,22 @@ def test_eos_stops_generation_unless_ignored() -> None:
     assert out.finish_reason == "stop"
 
 
+def test_each_request_keeps_its_own_stop_rules() -> None:
+    spec = tiny_spec("qwen3")
+    eng = LLMEngine(EngineConfig(model=spec, device="cpu", block_size=4, num_kv_blocks=64))
+    prompt = _prompts(2, [7])[0]
+    free_run = eng.generate([prompt], SamplingParams(max_tokens=12, ignore_eos=True))[0].output_token_ids
+    stop_at = free_run[3]
+    outs = eng.generate(
+        [prompt, prompt],
+        [SamplingParams(max_tokens=12, stop_token_ids=(stop_at,), ignore_eos=True),
+         SamplingParams(max_tokens=12, ignore_eos=True)],
+    )
+    assert outs[0].output_token_ids == free_run[: free_run.index(stop_at) + 1]
+    assert outs[0].finish_reason == "stop"
+    assert outs[1].output_token_ids == free_run and outs[1].finish_reason == "length"
+
+
 def test_seeded_sampling_is_reproducible_and_batch_independent() -> None:
     spec = tiny_spec("llama")
     eng = LLMEngine(EngineConfig(model=spec, device="cpu", block_size=4, num_kv_blocks=64))
