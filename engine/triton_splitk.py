@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.cuda_graphs import replay_ms
+
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
@@ -228,15 +230,7 @@ def graph_time_ms(fn, reps: int) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+    return replay_ms(g, reps)
 
 
 def tune(
