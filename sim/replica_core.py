@@ -13,8 +13,11 @@ the same as stepping one iteration at a time.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +27,32 @@ from policies.scheduling.base import Scheduler
 from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import Sequence, Status
 from sim.results import RunRecorder
+
+_NEVER = 1 << 62
+
+
+@dataclass(slots=True)
+class GroupPlan:
+    """The next iterations of one pipeline micro-batch group (its members keep being scheduled
+    together) if nothing arrives: iteration 0 is the one already scheduled; iterations
+    0 .. m-1 (m = len(counts)) are spelled out because some member computes more than its last
+    sampled token; from m on every member decodes, and iteration i >= m has decode context
+    `ctx0 + n * i` and longest context `max0 + i` (n members), which keeps the cost model's
+    decode line exact (integers, then its own arithmetic)."""
+
+    seqs: list[Sequence]
+    counts: list[list[int]]  # token counts of iterations 0 .. m-1
+    shapes: list[BatchShape]  # their shapes
+    work: list[int]  # tokens computed by iterations 0 .. j, for j < m
+    finish: int  # a member reaches its last token with this iteration (_NEVER: not planned)
+    stop: int  # the first iteration the plan cannot vouch for (_NEVER: none)
+    ctx0: int
+    max0: int
+    kv: list[tuple[int, int]]  # per member (c, capacity): it holds at most c + j + 1 tokens at iteration j
+
+    @property
+    def m(self) -> int:
+        return len(self.counts)
 
 
 class ReplicaCore:
@@ -46,20 +75,28 @@ class ReplicaCore:
         self._work_target = 0  # sum over unfinished of (prompt + output - 1)
         self._work_done = 0  # sum over unfinished of num_computed_tokens
         self.on_arrival: Callable[[], None] | None = None  # the simulator's wake-up hook
-        # Decode runs in progress (simulator): (iteration end times, sequences decoding), so
-        # that load seen mid-run counts the iterations already done.
-        self._runs: list[tuple[np.ndarray, int]] = []
+        # Decode runs in progress (simulator): (iteration end times, ascending; sequences
+        # decoding), so that load seen mid-run counts the iterations already done.
+        self._runs: list[tuple[Seq[float], int, Seq[int]]] = []
         self.num_iterations = 0
 
     # -- load, as routers see it ------------------------------------------------------
     def outstanding_work(self, now: float) -> int:
         work = self._work_target - self._work_done
-        for ends, n in self._runs:
-            work -= n * int(np.searchsorted(ends, now, side="left"))
+        for ends, n, explicit in self._runs:
+            j = bisect_left(ends, now)  # iterations of the run completed before now
+            m = len(explicit)
+            if j <= m:
+                work -= explicit[j - 1] if j else 0
+            else:
+                work -= (explicit[-1] if m else 0) + n * (j - m)
         return work
 
-    def begin_decode_run(self, batch: ScheduledBatch, ends: np.ndarray) -> None:
-        self._runs.append((ends, len(batch.seqs)))
+    def begin_decode_run(self, batch: ScheduledBatch, ends: Seq[float], explicit_work: Seq[int] = ()) -> None:
+        """A run of iterations of `batch`'s sequences ending at `ends`: the first
+        len(explicit_work) compute explicit_work[j] tokens in all up to iteration j, the rest
+        one token per sequence."""
+        self._runs.append((ends, len(batch.seqs), explicit_work))
 
     def end_decode_runs(self) -> None:
         self._runs.clear()
@@ -120,11 +157,12 @@ class ReplicaCore:
         """Apply an executed iteration. `tokens` (engine) holds one sampled id per sequence
         that reached its last token, in batch order; the simulator passes None."""
         kv = self.kv
-        itl_add = self.recorder.itl.add
+        gaps: list[float] = []  # inter-token latencies, added to the histogram in one call
         finished: list[Sequence] = []
         n_prefill = prefill_tokens = decode_tokens = 0
         t = 0
         caching = kv.enable_prefix_caching
+        bs = kv.block_size
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             out = seq.num_output_tokens
             num_tokens = seq.request.prompt_len + out
@@ -135,7 +173,7 @@ class ReplicaCore:
                 n_prefill += 1
                 prefill_tokens += n
             seq.num_computed_tokens = computed
-            if caching:
+            if caching and computed // bs > seq.num_published_blocks:  # a block was filled
                 kv.cache_blocks(seq)
             if computed < num_tokens:
                 continue  # a prefill chunk that has not reached the end of the prompt yet
@@ -151,11 +189,13 @@ class ReplicaCore:
             if seq.first_token < 0:
                 seq.first_token = end
             else:
-                itl_add(end - seq.last_token)
+                gaps.append(end - seq.last_token)
             seq.last_token = end
             if stop or out >= seq.request.output_len:
                 finished.append(seq)
         self._work_done += prefill_tokens + decode_tokens
+        if gaps:
+            self.recorder.itl.add_ones(gaps)
         if tokens is not None and t != len(tokens):
             raise ValueError(f"replica {self.id}: executor returned {len(tokens)} tokens, expected {t}")
         for seq in finished:
@@ -204,8 +244,13 @@ class ReplicaCore:
         """Largest k <= k_max such that every sequence in `seqs` can hold c + k tokens, where
         c is its computed count before its current (already allocated) iteration."""
         bs = self.kv.block_size
+        return self.kv_limit([(s.num_computed_tokens, len(s.block_table) * bs) for s in seqs], k_max)
+
+    def kv_limit(self, cs: list[tuple[int, int]], k_max: int) -> int:
+        """Largest k <= k_max (at least 1) such that, for every (c, capacity) in `cs`, c + k
+        tokens fit in the free blocks beyond the capacity each one holds already."""
+        bs = self.kv.block_size
         free = self.kv.num_free_blocks
-        cs = [(s.num_computed_tokens, len(s.block_table) * bs) for s in seqs]
 
         def blocks_needed(k: int) -> int:
             need = 0
@@ -226,7 +271,88 @@ class ReplicaCore:
                 hi = mid
         return lo
 
-    def complete_decode_run(self, batch: ScheduledBatch, starts: np.ndarray, ends: np.ndarray) -> None:
+    def plan_group(self, batch: ScheduledBatch, max_explicit: int = 4096) -> GroupPlan:
+        """Follow `batch`'s members through the iterations the scheduler promises (see
+        `Scheduler.plans_steady_batches`) until all of them decode, without changing any state."""
+        seqs = batch.seqs
+        n = len(seqs)
+        cs = [s.num_computed_tokens for s in seqs]
+        outs = [s.num_output_tokens for s in seqs]
+        caps = [len(s.block_table) * self.kv.block_size for s in seqs]
+        k_eff = list(cs)  # per member: c such that it holds at most c + j + 1 tokens at iteration j
+        counts = batch.num_new_tokens
+        plan_counts: list[list[int]] = []
+        shapes: list[BatchShape] = []
+        work: list[int] = []
+        finish = stop = _NEVER
+        j = 0
+        done = 0
+        while True:
+            pure = True
+            for i in range(n):
+                r = seqs[i].request
+                if counts[i] != 1 or outs[i] == 0 or cs[i] + 1 != r.prompt_len + outs[i]:
+                    pure = False
+                    break
+            if pure:
+                break
+            if j >= max_explicit:
+                stop = j
+                break
+            prefill: list[tuple[int, int]] = []
+            nd = ctx = mx = 0
+            for i in range(n):
+                k = counts[i]
+                c = cs[i]
+                o = outs[i]
+                r = seqs[i].request
+                num_tokens = r.prompt_len + o
+                if k == 1 and o > 0 and c + 1 == num_tokens:  # as `shape` classifies
+                    nd += 1
+                    ctx += c + 1
+                    if c >= mx:
+                        mx = c + 1
+                else:
+                    prefill.append((k, c))
+                c += k
+                cs[i] = c
+                if c - j - 1 > k_eff[i]:
+                    k_eff[i] = c - j - 1
+                if c == num_tokens:
+                    o += 1
+                    outs[i] = o
+                    if o >= r.output_len and finish == _NEVER:
+                        finish = j
+            done += sum(counts)
+            plan_counts.append(list(counts))
+            shapes.append(BatchShape(prefill, nd, ctx, mx))
+            work.append(done)
+            j += 1
+            if finish != _NEVER:
+                break
+            left = [seqs[i].request.prompt_len + outs[i] - cs[i] for i in range(n)]
+            counts = self.scheduler.steady_counts(left)
+            if 0 in counts:
+                stop = j
+                break
+        ctx0 = max0 = 0
+        if finish == _NEVER and stop == _NEVER:  # every member decodes from iteration m = j on
+            m = j
+            for i in range(n):
+                c = cs[i]
+                ctx0 += c + 1
+                if c + 1 > max0:
+                    max0 = c + 1
+                f = m + seqs[i].request.output_len - outs[i] - 1
+                if f < finish:
+                    finish = f
+                if c - m > k_eff[i]:
+                    k_eff[i] = c - m
+            ctx0 -= n * m
+            max0 -= m
+        return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, list(zip(k_eff, caps)))
+
+    def complete_decode_run(self, batch: ScheduledBatch, starts: Seq[float], ends: Seq[float]) -> None:
         """Apply k = len(ends) decode iterations of the same batch, iteration i running from
         starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages)."""
         seqs = batch.seqs
@@ -236,21 +362,22 @@ class ReplicaCore:
         itl = self.recorder.itl
         B = len(seqs)
         first = float(ends[0])
-        gaps: dict[float, int] = {}
-        for s in seqs:
-            gaps[s.last_token] = gaps.get(s.last_token, 0) + 1
-        for last, n in gaps.items():
-            itl.add(first - last, n)
+        itl.add_ones([first - s.last_token for s in seqs])
         if k > 1:
-            itl.add_many(np.diff(ends), B)
+            if isinstance(ends, np.ndarray):
+                itl.add_many(np.diff(ends), B)
+            else:
+                itl.add_many([ends[i + 1] - ends[i] for i in range(k - 1)], B)
         finished = []
+        allocate = kv.allocate
         for s in seqs:
-            if k > 1 and not kv.allocate(s, k):  # room for c + k tokens (iteration 1 had c + 1)
+            if k > 1 and not allocate(s, k):  # room for c + k tokens (iteration 1 had c + 1)
                 raise AssertionError("decode run exceeded the KV limit it was planned with")
             s.num_computed_tokens += k
-            s.num_output_tokens += k
+            out = s.num_output_tokens + k
+            s.num_output_tokens = out
             s.last_token = end
-            if s.num_output_tokens >= s.request.output_len:
+            if out >= s.request.output_len:
                 finished.append(s)
         self._work_done += k * B
         if kv.enable_prefix_caching:
@@ -259,12 +386,13 @@ class ReplicaCore:
         for s in finished:
             self._finish(s, end)
         self.num_iterations += k
-        self.recorder.iteration(
-            (
-                self.id, float(starts[0]), end, k, first - float(starts[0]), end - float(starts[-1]),
-                B, 0, 0, B, kv.num_used_blocks, kv.num_blocks, 0,
+        if self.recorder.record_iterations:
+            self.recorder.iteration(
+                (
+                    self.id, float(starts[0]), end, k, first - float(starts[0]), end - float(starts[-1]),
+                    B, 0, 0, B, kv.num_used_blocks, kv.num_blocks, 0,
+                )
             )
-        )
 
     def drain_unfinished(self) -> None:
         for s in list(self.running) + list(self.waiting):

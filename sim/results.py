@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -66,11 +65,18 @@ class ItlHistogram:
     BINS_PER_DECADE = 1000
     DECADES = 10
     N = BINS_PER_DECADE * DECADES
+    # Values are buffered and binned in bulk (numpy) every this many: a simulator adds one
+    # latency per token, and binning each one in Python costs more than the iteration it
+    # belongs to. Every value goes through the same `_index`, buffered or not.
+    FLUSH_EVERY = 1 << 16
 
     def __init__(self) -> None:
-        self.counts = np.zeros(self.N + 2, dtype=np.int64)  # [underflow, bins..., overflow]
-        self.total = 0.0  # exact sum, for the mean
-        self.n = 0
+        self._counts = np.zeros(self.N + 2, dtype=np.int64)  # [underflow, bins..., overflow]
+        self._total = 0.0  # exact sum, for the mean
+        self._n = 0
+        self._ones: list[float] = []  # pending values of weight 1
+        self._vals: list[float] = []  # pending weighted values ...
+        self._wts: list[int] = []  # ... and their weights
 
     @classmethod
     def _index(cls, values: np.ndarray) -> np.ndarray:
@@ -78,26 +84,83 @@ class ItlHistogram:
             idx = np.floor(np.log10(np.maximum(values, 1e-300) / cls.LO) * cls.BINS_PER_DECADE)
         return np.clip(idx, -1, cls.N).astype(np.int64) + 1
 
-    def add(self, value: float, weight: int = 1) -> None:
-        if value <= self.LO:
-            i = 0
-        else:
-            i = min(int(math.log10(value / self.LO) * self.BINS_PER_DECADE), self.N) + 1
-        self.counts[i] += weight
-        self.total += value * weight
-        self.n += weight
+    def _flush(self) -> None:
+        if self._ones:
+            v = np.array(self._ones, dtype=np.float64)
+            self._ones = []
+            self._counts += np.bincount(self._index(v), minlength=self.N + 2)
+            self._total += float(v.sum())
+            self._n += len(v)
+        if self._vals:
+            v = np.array(self._vals, dtype=np.float64)
+            w = np.array(self._wts, dtype=np.int64)
+            self._vals = []
+            self._wts = []
+            np.add.at(self._counts, self._index(v), w)
+            self._total += float(v @ w)
+            self._n += int(w.sum())
 
-    def add_many(self, values: np.ndarray, weight: int = 1) -> None:
+    @property
+    def counts(self) -> np.ndarray:
+        self._flush()
+        return self._counts
+
+    @property
+    def total(self) -> float:
+        self._flush()
+        return self._total
+
+    @total.setter
+    def total(self, value: float) -> None:
+        self._flush()
+        self._total = value
+
+    @property
+    def n(self) -> int:
+        self._flush()
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._flush()
+        self._n = value
+
+    def add(self, value: float, weight: int = 1) -> None:
+        if weight == 1:
+            self._ones.append(value)
+            if len(self._ones) >= self.FLUSH_EVERY:
+                self._flush()
+        else:
+            self._vals.append(value)
+            self._wts.append(weight)
+            if len(self._vals) >= self.FLUSH_EVERY:
+                self._flush()
+
+    def add_ones(self, values: list[float]) -> None:
+        """Add each of `values` with weight 1 (the per-token latencies of one iteration)."""
+        ones = self._ones
+        ones += values
+        if len(ones) >= self.FLUSH_EVERY:
+            self._flush()
+
+    def add_many(self, values: np.ndarray | list[float], weight: int = 1) -> None:
+        """Add each of `values` with the same weight (`weight` sequences that share them)."""
         if len(values) == 0:
             return
-        np.add.at(self.counts, self._index(values), weight)
-        self.total += float(values.sum()) * weight
-        self.n += len(values) * weight
+        vals = values.tolist() if isinstance(values, np.ndarray) else values
+        if weight == 1:
+            self.add_ones(vals)
+            return
+        self._vals += vals
+        self._wts += [weight] * len(vals)
+        if len(self._vals) >= self.FLUSH_EVERY:
+            self._flush()
 
     def merge(self, other: ItlHistogram) -> None:
-        self.counts += other.counts
-        self.total += other.total
-        self.n += other.n
+        self._flush()
+        self._counts += other.counts
+        self._total += other.total
+        self._n += other.n
 
     def mean(self) -> float:
         return self.total / self.n if self.n else float("nan")

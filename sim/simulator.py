@@ -14,6 +14,7 @@ a flow-shop recurrence over per-stage free times (the model Vidur and Sarathi-Se
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, bisect_right
 from collections import deque
 
 import numpy as np
@@ -26,13 +27,16 @@ from policies.scheduling.base import SCHEDULERS, SchedulerConfig
 from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import Sequence
 from sim.config import SimConfig
-from sim.replica_core import ReplicaCore
+from sim.replica_core import GroupPlan, ReplicaCore
 from sim.results import RunRecorder, RunResult
 from traces.schema import Trace
 
 
 def build_cost_model(cfg: SimConfig) -> CostModel:
-    from backends import analytic, calibrated  # noqa: F401  (register "analytic", "calibrated")
+    from backends import analytic  # noqa: F401  (registers "analytic")
+
+    if cfg.cost_model != "analytic":  # the calibrated model pulls in scipy (0.2 s): only when asked for
+        from backends import calibrated  # noqa: F401  (registers "calibrated")
     from backends.accelerators import get_accelerator
     from backends.models import get_model
 
@@ -91,6 +95,15 @@ class Simulation:
             for i in range(cfg.num_replicas)
         ]
         self.routed = 0
+        self._lines: dict[int, tuple[float, float, float]] = {}
+
+    def _decode_line(self, n: int) -> tuple[float, float, float]:
+        """The cost model's decode line for n sequences as (a, b, c), memoized (a pure function of
+        n by the protocol; the pipelined run asks for it once per micro-batch)."""
+        line = self._lines.get(n)
+        if line is None:
+            line = self._lines[n] = _line(self.cost.decode_line(n))
+        return line
 
     # -- processes ---------------------------------------------------------------------
     def _arrivals(self):
@@ -107,14 +120,19 @@ class Simulation:
             replicas[r].add(Sequence(req), env.now)
             self.routed = i + 1
 
-    def _wait_for_arrival(self, core: ReplicaCore):
+    def _wait_for_arrival(self, core: ReplicaCore, delay: float | None = None) -> simpy.Event:
+        """An event that fires at the next arrival to `core` or, when `delay` is given, after
+        `delay`, whichever comes first (one event to wait on, cheaper than a SimPy condition).
+        Its value is True when an arrival woke it."""
         ev = self.env.event()
 
-        def wake() -> None:
+        def wake(timer: simpy.Event | None = None) -> None:
             if not ev.triggered:
-                ev.succeed()
+                ev.succeed(timer is None)
 
         core.on_arrival = wake
+        if delay is not None:
+            self.env.timeout(delay).callbacks.append(wake)
         return ev
 
     def _replica(self, core: ReplicaCore):
@@ -150,7 +168,7 @@ class Simulation:
         """Up to k identical decode iterations as one timeout, cut short by an arrival."""
         env = self.env
         B = len(batch.seqs)
-        a, b, c = _line(self.cost.decode_line(B))
+        a, b, c = self._decode_line(B)
         ctx0 = sum(s.num_computed_tokens + 1 for s in batch.seqs)
         steps = np.arange(k, dtype=np.float64)
         durations = a + b * (ctx0 + B * steps)
@@ -159,10 +177,9 @@ class Simulation:
         ends = start + np.cumsum(durations)
         starts = np.concatenate(([start], ends[:-1]))
         core.begin_decode_run(batch, ends)
-        arrived = self._wait_for_arrival(core)
-        yield env.timeout(float(ends[-1]) - start) | arrived
+        arrived = yield self._wait_for_arrival(core, float(ends[-1]) - start)
         core.on_arrival = None
-        if arrived.triggered and env.now < ends[-1]:
+        if arrived and env.now < ends[-1]:
             # Iterations ending at or before now are done; the one in progress completes.
             j = int(np.searchsorted(ends, env.now, side="left"))
             k = j + 1
@@ -175,9 +192,11 @@ class Simulation:
         env = self.env
         cost = self.cost
         pp = self.cfg.pp
+        jump = self.cfg.jump
         stage_free = [0.0] * pp
+        stages = range(pp)
         inflight: list[_MicroBatch] = []  # in order of entry into stage 0 (= completion order)
-        done: list[simpy.Event | None] = [None]
+        waiting_ev: list[simpy.Event | None] = [None]  # what the process waits on, if anything
 
         def finish(mb: _MicroBatch) -> None:
             if mb.cancelled:
@@ -186,12 +205,12 @@ class Simulation:
             for s in mb.batch.seqs:
                 s.in_flight = False
             core.complete(mb.batch, mb.start, mb.end)
-            ev = done[0]
+            ev = waiting_ev[0]
             if ev is not None and not ev.triggered:
-                ev.succeed()
+                ev.succeed(False)
 
-        def track(batch: ScheduledBatch, start: float, end: float) -> _MicroBatch:
-            mb = _MicroBatch(batch, start, end)
+        def track(batch: ScheduledBatch, start: float, end: float, pure_decode: bool = True) -> _MicroBatch:
+            mb = _MicroBatch(batch, start, end, pure_decode)
             for s in batch.seqs:
                 s.in_flight = True
             inflight.append(mb)
@@ -203,64 +222,74 @@ class Simulation:
             batch = core.schedule(now) if (core.has_work and len(inflight) < pp) else None
             if batch is None or batch.is_empty:
                 # Wait for an arrival or a micro-batch to complete, whichever comes first.
-                done[0] = env.event()
-                arrived = self._wait_for_arrival(core)
-                yield done[0] | arrived
+                waiting_ev[0] = self._wait_for_arrival(core)
+                yield waiting_ev[0]
                 core.on_arrival = None
-                done[0] = None
+                waiting_ev[0] = None
                 continue
             shape = core.shape(batch)
-            if self.cfg.jump and _steady_pipeline(core, batch, shape, inflight):
-                yield from self._pipelined_decode_run(core, batch, inflight, stage_free, track)
+            if jump and _steady_pipeline(core, batch, shape, inflight):
+                yield from self._pipelined_decode_run(core, batch, shape, inflight, stage_free, track)
                 if stage_free[0] > env.now:
                     yield env.timeout(stage_free[0] - env.now)
                 continue
             st = cost.stage_time(shape)
             t = now
-            for i in range(pp):
-                t = max(t, stage_free[i]) + st
+            for i in stages:
+                f = stage_free[i]
+                if f > t:
+                    t = f
+                t += st
                 stage_free[i] = t
-            track(batch, now, t).pure_decode = not shape.prefill
+            track(batch, now, t, not shape.prefill)
             # Stage 0 takes the next micro-batch once it is free.
             yield env.timeout(stage_free[0] - now)
 
-    def _pipelined_decode_run(self, core, batch, inflight, stage_free, track):
-        """The pipelined form of `_decode_run`: every running sequence decodes, in micro-batches
-        that keep their membership, so the flow-shop recurrence is computed ahead in plain
-        arithmetic (no events) until the first finish, the KV limit, a point where stepping
-        would merge two micro-batches, or an arrival, whichever comes first. The state at that
-        moment (completed iterations, micro-batches in flight, stage free times) is then
-        rebuilt exactly as stepping would have left it."""
+    def _pipelined_decode_run(self, core, batch, shape, inflight, stage_free, track):
+        """The pipelined form of `_decode_run`: every running sequence is in `batch` or in a
+        micro-batch in flight, nobody waits, and micro-batches keep their membership, so each
+        one's next iterations are known (`ReplicaCore.plan_group`: prefill chunks that ride
+        along, then decodes on the cost model's decode line) and the flow-shop recurrence is
+        computed ahead in plain arithmetic (no events) until the first finish, the KV limit, a
+        point where stepping would merge two micro-batches, or an arrival, whichever comes
+        first. The state at that moment (completed iterations, micro-batches in flight, stage
+        free times) is then rebuilt exactly as stepping would have left it."""
         env = self.env
+        cost = self.cost
         pp = self.cfg.pp
         now = env.now
         groups = [(mb.batch, mb.start, mb.end) for mb in inflight]
         for mb in inflight:
             mb.cancelled = True  # their completions are part of this run now
         inflight.clear()
-        # X enters stage 0 now.
-        B = len(batch.seqs)
-        a, b, c = _line(self.cost.decode_line(B))
-        ctx = sum(s.num_computed_tokens + 1 for s in batch.seqs)
+        # X enters stage 0 now, as stepping would enter it.
+        st = cost.stage_time(shape)
         t = now
-        st = a + b * ctx
-        if c:
-            st = st + c * (max(s.num_computed_tokens for s in batch.seqs) + 1)
         for i in range(pp):
-            t = max(t, stage_free[i]) + st
+            f = stage_free[i]
+            if f > t:
+                t = f
+            t += st
             stage_free[i] = t
         groups.append((batch, now, t))
-        all_seqs = [s for g in groups for s in g[0].seqs]
-        remaining = [min(s.request.output_len - s.num_output_tokens for s in g[0].seqs) for g in groups]
-        k_kv = core.kv_run_limit(all_seqs, max(remaining))
-        # Per group: line coefficients, iteration entry and completion times.
+        plans = [core.plan_group(g[0]) for g in groups]
+        # Per group: explicit stage times, decode line, iteration limits.
         lines = []
-        for g in groups:
-            seqs = g[0].seqs
-            n = len(seqs)
-            ga, gb, gc = _line(self.cost.decode_line(n))
-            gmax = max(s.num_computed_tokens for s in seqs) + 1
-            lines.append((ga, gb, sum(s.num_computed_tokens + 1 for s in seqs), n, gc, gmax))
+        explicit: list[list[float]] = []
+        ms = []
+        remaining = []
+        limits = []
+        kv_cs: list[tuple[int, int]] = []
+        for plan in plans:
+            n = len(plan.seqs)
+            ga, gb, gc = self._decode_line(n)
+            lines.append((ga, gb, plan.ctx0, n, gc, plan.max0))
+            explicit.append([0.0] + [cost.stage_time(sh) for sh in plan.shapes[1:]])
+            ms.append(plan.m)
+            remaining.append(plan.finish + 1)
+            limits.append(plan.stop)
+            kv_cs += plan.kv
+        k_kv = core.kv_limit(kv_cs, max(min(r, s) for r, s in zip(remaining, limits)))
         E = [[g[1]] for g in groups]
         C = [[g[2]] for g in groups]
         free0 = list(stage_free)  # stage free times after X entered
@@ -285,13 +314,16 @@ class Simulation:
             if len(pending) > 1 and last_c[pending[1]] <= e:
                 stop = e  # stepping would schedule two completed micro-batches as one
                 break
-            if i1 >= k_kv or len(entry_t) >= cap:
+            if i1 >= k_kv or i1 >= limits[g] or len(entry_t) >= cap:
                 stop = e
                 break
-            ga, gb, gctx, n, gc, gmax = lines[g]
-            st = ga + gb * (gctx + n * i1)
-            if gc:
-                st = st + gc * (gmax + i1)
+            if i1 < ms[g]:
+                st = explicit[g][i1]
+            else:
+                ga, gb, gctx, n, gc, gmax = lines[g]
+                st = ga + gb * (gctx + n * i1)
+                if gc:
+                    st = st + gc * (gmax + i1)
             t = e
             for j in stages:
                 f = sf[j]
@@ -307,12 +339,10 @@ class Simulation:
             entry_st.append(st)
             pending.popleft()
             pending.append(g)
-        ends = [np.asarray(c) for c in C]
-        for (gb_, _, _), c in zip(groups, ends):
-            core.begin_decode_run(gb_, c)
-        arrived = self._wait_for_arrival(core)
+        for (gb_, _, _), c, plan in zip(groups, C, plans):
+            core.begin_decode_run(gb_, c, plan.work)
         if stop > now:
-            yield env.timeout(stop - now) | arrived
+            yield self._wait_for_arrival(core, stop - now)
         core.on_arrival = None
         t = env.now
         if t < stop:
@@ -320,27 +350,54 @@ class Simulation:
         core.end_decode_runs()
         # Rebuild: iterations completed by t are committed; an iteration entered before t (the
         # first one of every group always was) and not completed is in flight.
+        cut = bisect_right if inclusive else bisect_left
+        done = [cut(c, t) for c in C]  # iterations completed, per group
+        # KV first, for every iteration entered before t (completed or in flight), before any
+        # finish frees blocks: in a run blocks are only taken until its last moment, so the
+        # peak that stepping would record is reached here too.
+        allocate = core.kv.allocate
+        for g, plan in enumerate(plans):
+            k = done[g]
+            last = k if k < len(C[g]) and (k == 0 or E[g][k] < t) else k - 1  # last iteration entered
+            if last < 1:
+                continue  # iteration 0 got its blocks when it was scheduled
+            m = plan.m
+            for i, s in enumerate(plan.seqs):
+                need = sum(plan.counts[j][i] for j in range(min(last + 1, m)))
+                if last >= m:
+                    need += last + 1 - m
+                if not allocate(s, need):
+                    raise AssertionError(f"replica {core.id}: pipelined run exceeded its KV plan "
+                                         f"(sequence {s.id})")
         for g, (gbatch, _, _) in enumerate(groups):
-            for s in gbatch.seqs:
+            plan = plans[g]
+            seqs = plan.seqs
+            for s in seqs:
                 s.in_flight = False
-            c = ends[g]
-            k = int(np.searchsorted(c, t, side="right" if inclusive else "left"))
-            if k:
-                core.complete_decode_run(gbatch, np.asarray(E[g][:k]), c[:k])
-            if k < len(c) and (k == 0 or E[g][k] < t):
-                if k > 0:
-                    for s in gbatch.seqs:
-                        if not core.kv.allocate(s, 1):
-                            raise AssertionError("pipelined decode run exceeded its KV plan")
-                track(gbatch, E[g][k], float(c[k]))
+            c = C[g]
+            e_g = E[g]
+            k = done[g]
+            m = plan.m
+            for j in range(min(k, m)):  # explicit iterations, one by one
+                core.complete(_iteration_batch(gbatch, plan, j), e_g[j], c[j])
+            dec = gbatch if m == 0 else _iteration_batch(gbatch, plan, m)
+            if k > m:
+                core.complete_decode_run(dec, e_g[m:k], c[m:k])
+            if k < len(c) and (k == 0 or e_g[k] < t):
+                mb_batch = dec if k >= m else _iteration_batch(gbatch, plan, k)
+                track(mb_batch, e_g[k], c[k], k >= m or not plan.shapes[k].prefill)
         # Stage free times as they were after the last entry before t: replay the recurrence.
         stage_free[:] = free0
+        stages = range(pp)
         for e, st in zip(entry_t, entry_st):
             if e >= t:
                 break
             x = e
-            for j in range(pp):
-                x = max(x, stage_free[j]) + st
+            for j in stages:
+                f = stage_free[j]
+                if f > x:
+                    x = f
+                x += st
                 stage_free[j] = x
         inflight.sort(key=lambda mb: mb.start)
 
@@ -410,16 +467,30 @@ def _line(line: tuple[float, ...]) -> tuple[float, float, float]:
 def _steady_pipeline(
     core: ReplicaCore, batch: ScheduledBatch, shape: BatchShape, inflight: list[_MicroBatch]
 ) -> bool:
-    """Every running sequence decodes, in `batch` or in a micro-batch in flight, nobody waits,
-    and the scheduler promises to repeat such batches."""
-    if core.waiting or batch.preempted or shape.prefill or not core.scheduler.repeats_steady_decode:
+    """Every running sequence is in `batch` or in a micro-batch in flight, nobody waits, and
+    the scheduler promises to repeat such batches: pure decodes (`repeats_steady_decode`) or,
+    when prefill chunks ride along, the same groups (`plans_steady_batches`)."""
+    sched = core.scheduler
+    if core.waiting or batch.preempted or not sched.repeats_steady_decode:
         return False
     n = len(batch.seqs)
+    mixed = bool(shape.prefill)
     for mb in inflight:
         if not mb.pure_decode:
-            return False
+            mixed = True
         n += len(mb.batch.seqs)
+    if mixed and not getattr(sched, "plans_steady_batches", False):
+        return False
     return n == len(core.running)
+
+
+def _iteration_batch(first: ScheduledBatch, plan: GroupPlan, j: int) -> ScheduledBatch:
+    """Iteration j of a planned group as the scheduler would have handed it over (iteration 0
+    is the batch it did hand over; iterations from plan.m on are pure decodes)."""
+    if j == 0:
+        return first
+    seqs = list(plan.seqs)
+    return ScheduledBatch(seqs, list(plan.counts[j]) if j < plan.m else [1] * len(seqs))
 
 
 def simulate(trace: Trace, cfg: SimConfig, cost: CostModel | None = None) -> RunResult:

@@ -126,23 +126,29 @@ class BlockManager:
     def _take(self, table: list[int], n: int) -> None:
         clean = self._clean
         k = min(n, len(clean))
+        rc = self.ref_count
         if k:
             new = clean[-k:]
             del clean[-k:]
-            rc = self.ref_count
             for b in new:
                 rc[b] = 1
             table.extend(new)
-        for _ in range(n - k):
-            b, _ = self._cached_free.popitem(last=False)
-            h = self.block_hash[b]
-            if h is not None:
-                if self._hash_to_block.get(h) == b:
-                    del self._hash_to_block[h]
-                self.block_hash[b] = None
-                self.stats.evictions += 1
-            self.ref_count[b] = 1
-            table.append(b)
+        if n > k:
+            popitem = self._cached_free.popitem
+            bh = self.block_hash
+            hmap = self._hash_to_block
+            evicted = 0
+            for _ in range(n - k):
+                b, _ = popitem(last=False)
+                h = bh[b]
+                if h is not None:
+                    if hmap.get(h) == b:
+                        del hmap[h]
+                    bh[b] = None
+                    evicted += 1
+                rc[b] = 1
+                table.append(b)
+            self.stats.evictions += evicted
 
     def cache_blocks(self, seq: Sequence) -> None:
         """Publish `seq`'s newly full, computed blocks in the prefix cache."""
@@ -153,11 +159,13 @@ class BlockManager:
         j = seq.num_published_blocks
         if j >= n_full:
             return
+        # The hashes of blocks j .. n_full-1 in one (memoized) call; fewer when content runs out.
+        hashes = seq.block_hashes(n_full, bs)
         bh = self.block_hash
         table = seq.block_table
         hmap = self._hash_to_block
         while j < n_full:
-            h = seq.block_hash(j, bs)
+            h = hashes[j] if j < len(hashes) else seq.block_hash(j, bs)
             if h is None:
                 break
             b = table[j]

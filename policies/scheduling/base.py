@@ -35,6 +35,12 @@ class Scheduler(Protocol):
     # chosen, the next decisions repeat that batch until something arrives, finishes or runs out
     # of KV. The simulator only jumps over decode stretches for schedulers that promise this.
     repeats_steady_decode: bool
+    # True when, with nobody waiting, a group of running sequences scheduled together (one
+    # pipeline micro-batch) is scheduled together again, same members in the same order, with
+    # the token counts `steady_counts` gives, until something arrives, finishes or runs out of
+    # KV. The simulator then also jumps over stretches in which prefill chunks ride along with
+    # decodes; schedulers without it (getattr default False) are stepped there.
+    plans_steady_batches: bool
 
     def enqueue(self, waiting: deque[Sequence], seq: Sequence) -> None:
         """Put a newly arrived (or preempted) sequence where this policy wants it in `waiting`."""
@@ -46,6 +52,13 @@ class Scheduler(Protocol):
         """Pick the next iteration's batch, moving sequences between `waiting` and `running`,
         allocating KV through `kv`, and preempting (free + back to waiting) when KV runs out.
         Sequences with `in_flight` set (pipeline micro-batches still running) are skipped."""
+        ...
+
+
+    def steady_counts(self, uncomputed: list[int]) -> list[int]:
+        """Only needed with `plans_steady_batches`: the tokens this policy gives each of a group
+        of running sequences (in running order, `uncomputed[i]` tokens left to compute each)
+        when nobody waits and KV suffices. A 0 means that sequence would not be scheduled."""
         ...
 
 

@@ -31,12 +31,26 @@ def preempt(seq: Sequence, kv: BlockManager) -> int:
 class FCFSScheduler:
     name = "fcfs"
     repeats_steady_decode = True
+    plans_steady_batches = True
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config or SchedulerConfig()
 
     def enqueue(self, waiting: deque[Sequence], seq: Sequence) -> None:
         waiting.append(seq)
+
+    def steady_counts(self, uncomputed: list[int]) -> list[int]:
+        """The running-sequence pass of `schedule` without KV or preemption: each sequence in
+        order takes what it has left, up to the budget that remains."""
+        budget = self.config.max_num_batched_tokens
+        counts = []
+        for u in uncomputed:
+            n = u if u < budget else budget
+            if n < 0:
+                n = 0
+            counts.append(n)
+            budget -= n
+        return counts
 
     @staticmethod
     def _victim(running: list[Sequence], first: int) -> Sequence | None:
@@ -56,6 +70,7 @@ class FCFSScheduler:
         seqs, counts, preempted = batch.seqs, batch.num_new_tokens, batch.preempted
 
         allocate = kv.allocate
+        bs = kv.block_size
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
@@ -66,6 +81,13 @@ class FCFSScheduler:
             if n > budget:
                 n = budget
             if n <= 0:
+                i += 1
+                continue
+            if seq.num_computed_tokens + n <= len(seq.block_table) * bs:
+                # Room already (most decodes): what `allocate` would find, without the call.
+                seqs.append(seq)
+                counts.append(n)
+                budget -= n
                 i += 1
                 continue
             while not allocate(seq, n):
