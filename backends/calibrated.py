@@ -61,17 +61,21 @@ kernel by kernel while the GPU runs them, so the step takes as long as the slowe
   backend (one call per sequence) the last term is prefill_kv * sum (c + n) instead; on a CPU device
   the two parts share the cores and add up.
 
-CPU work outside the step (scheduler decision, bookkeeping) is fitted from the profile's overhead
-records: fixed + seq * S + prefill_seq * P + prefill_token * prefill tokens, and for the bookkeeping
-also hashed tokens. The profiler's scheduler state starts with unhashed contexts, so its bookkeeping
-hashes every full block of every context once; in serving a block is hashed once, when it fills, i.e.
-per new token. The fit therefore takes the hashing cost per context token from the profile and
-charges it per new token.
+CPU work outside the step (scheduler decision, bookkeeping) is fixed + seq * S + prefill_seq * P +
+prefill_token * prefill tokens, and for the bookkeeping also hashed tokens (a block is hashed once,
+when it fills, i.e. per new token). When the profile has a serving phase (`Profile.serving`: the
+engine's own loop under a synthetic load ramp), both are fitted to the loop's measured phases by
+least squares on the seconds themselves, so that their sum over a run is right (a relative fit would
+discount the occasional slow iteration, e.g. a garbage collection, which a run still pays); the
+serving steps' execute times join the grid samples in the device-side fits, with the uneven decode
+contexts and chunk-beside-decodes shapes the grid lacks. Older profiles without a serving phase fit the
+CPU work to the overhead records, timed in a tight loop, which on a busy host finds it several times
+cheaper than the loop pays; their scheduler state starts with unhashed contexts, so their bookkeeping
+hashes every full block of every context once, and the fit charges that per-token cost per new token.
 
 Limits: the model reproduces the profiled configuration only (tp/pp, dtype, block size, CUDA-graph
 buckets, max_model_len); shapes beyond the profiled grid are extrapolated from the nearest profiled
-ones. The engine loop's own per-iteration CPU time (arrival intake, Python between the scheduler,
-the step and the bookkeeping) is not in the profile and so not in the model.
+ones.
 """
 
 from __future__ import annotations
@@ -180,6 +184,13 @@ def _nnls_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     A = X / np.maximum(y, 1e-12)[:, None]
     scale = _col_scale(A)
     c, _ = nnls(A / scale, np.ones(len(y)), maxiter=50 * X.shape[1])
+    return c / scale
+
+
+def _nnls_absolute(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin_{c >= 0} sum((X c - y)^2), with columns scaled for conditioning."""
+    scale = _col_scale(X)
+    c, _ = nnls(X / scale, y, maxiter=50 * X.shape[1])
     return c / scale
 
 
@@ -578,6 +589,9 @@ class CalibratedCostModel:
 
     # ------------------------------------------------------------------------ fitting: overhead
     def _fit_overhead(self) -> None:
+        if self.profile.serving:
+            self._fit_overhead_serving()
+            return
         ov = self.profile.overhead
         if not ov:
             zero = TermFit(_SCHEDULE_TERMS, (0.0,) * len(_SCHEDULE_TERMS), (), (), ())
@@ -609,6 +623,23 @@ class CalibratedCostModel:
             )
         self.complete_fit = TermFit(_COMPLETE_TERMS, tuple(map(float, cc)), (), tuple(yc), tuple(Xc @ cc))
 
+    def _fit_overhead_serving(self) -> None:
+        """Schedule and complete phases of the serving log, by non-negative least squares on seconds."""
+        sv = self.profile.serving
+        X = np.array([[1.0, float(t.num_seqs), float(len(t.prefill)), float(t.prefill_tokens)] for t in sv])
+        hashed = np.array([float(t.prefill_tokens + t.num_decode) for t in sv])
+        Xc = np.column_stack([X, hashed])
+        ys = np.array([t.schedule_s for t in sv])
+        yc = np.array([t.complete_s for t in sv])
+        cs = _nnls_absolute(X, ys)
+        cc = _nnls_absolute(Xc, yc)
+        self.schedule_fit = TermFit(_SCHEDULE_TERMS, tuple(map(float, cs)), (), tuple(ys), tuple(X @ cs))
+        self.complete_fit = TermFit(_COMPLETE_TERMS, tuple(map(float, cc)), (), tuple(yc), tuple(Xc @ cc))
+        self.notes.append(
+            f"CPU phases of the loop (schedule, complete) fitted to {len(sv)} iterations of the profile's "
+            f"serving phase: mean {1e6 * ys.mean():.0f} + {1e6 * yc.mean():.0f} us per iteration"
+        )
+
     def _overhead(self, s: int, p: int, ptok: int, nd: int) -> float:
         """Scheduler plus bookkeeping seconds of an iteration of s sequences, p of them prefilling
         ptok tokens, nd decoding: each new token is hashed once, when its block fills."""
@@ -619,7 +650,7 @@ class CalibratedCostModel:
     # ------------------------------------------------------------------------ fitting: all
     def _fit(self) -> None:
         src = self.profile_path or "profile"
-        samples = self.profile.samples
+        samples = self.profile.samples + [t.as_sample() for t in self.profile.serving]
         dec = [s for s in samples if self.as_decode(s.shape) is not None]
         pre = [s for s in samples if self.as_decode(s.shape) is None]
         if not dec or not pre:

@@ -6,7 +6,7 @@ sampling, synchronised) over a grid of iteration shapes, plus the CPU work the e
 iteration outside that call (the scheduler's decision, the replica step's bookkeeping), with
 input preparation and sampling also timed on their own so a report can split the step.
 
-The file is JSON with three top-level fields:
+The file is JSON with these top-level fields:
   format, version       "sagellm-profile", 1
   header                where and how it was measured: device name, model name and config, dtype,
                         tp/pp, block size, pool and budget limits, software versions, date, command
@@ -16,9 +16,15 @@ The file is JSON with three top-level fields:
   overhead              one object per timed CPU-side iteration: its size (num_seqs, num_prefill_seqs,
                         prefill_tokens, decode_tokens), median seconds of schedule / complete /
                         prepare / sample, and n repeats
-Samples and overhead records are written one per line, so a diff of two profiles reads row by
-row and an error in a hand-edited file points at its line. `Profile.load(Profile.save(p))`
-equals `p` exactly (floats are written with Python's shortest round-tripping repr).
+  serving               (optional) one object per iteration of a short replay of a synthetic workload
+                        through the engine's real serving loop: the step's shape (prefill, num_decode,
+                        decode_context, decode_max_context) and the seconds of its schedule, execute
+                        and complete phases as served (see `ServingStep`)
+Samples may carry decode_max_context (the longest decode context; absent or 0 = contexts spread
+evenly). Samples, overhead and serving records are written one per line, so a diff of two
+profiles reads row by row and an error in a hand-edited file points at its line.
+`Profile.load(Profile.save(p))` equals `p` exactly (floats are written with Python's shortest
+round-tripping repr).
 
 The simulator side never imports torch; this module only reads and writes the file.
 """
@@ -125,10 +131,13 @@ class ShapeSample:
     decode_context: int  # sum over decode sequences of attended tokens (cached + 1)
     times_s: tuple[float, ...]  # every timed repeat, in order
     median_s: float
+    decode_max_context: int = 0  # longest decode context; 0: the contexts are spread evenly
 
     @property
     def shape(self) -> BatchShape:
-        return BatchShape([tuple(p) for p in self.prefill], self.num_decode, self.decode_context)
+        return BatchShape(
+            [tuple(p) for p in self.prefill], self.num_decode, self.decode_context, self.decode_max_context
+        )
 
     @property
     def n(self) -> int:
@@ -167,11 +176,55 @@ class OverheadSample:
     n: int  # timed repeats behind each median
 
 
+@dataclass(frozen=True)
+class ServingStep:
+    """One iteration of the engine's real serving loop (a replay of a synthetic workload).
+
+    The grid samples time each shape in isolation; serving steps are what the loop actually did
+    under load: `schedule_s` (the scheduler's decision, from the top of the loop to the call into
+    the model runner), `execute_s` (`ModelRunner.execute`) and `complete_s` (the replica step's
+    bookkeeping plus admitting arrivals, up to the next schedule call, or to the end of the
+    bookkeeping when the replica then went idle). On a busy host the CPU phases run several times
+    slower than when timed in a tight loop (caches and clocks are cold after each wait on the
+    device), which is why they are measured here.
+    """
+
+    prefill: tuple[tuple[int, int], ...]
+    num_decode: int
+    decode_context: int
+    decode_max_context: int
+    schedule_s: float
+    execute_s: float
+    complete_s: float
+
+    @property
+    def shape(self) -> BatchShape:
+        return BatchShape(
+            [tuple(p) for p in self.prefill], self.num_decode, self.decode_context, self.decode_max_context
+        )
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_decode + len(self.prefill)
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(n for n, _ in self.prefill)
+
+    def as_sample(self) -> ShapeSample:
+        """The step's execute time as a one-repeat shape sample."""
+        return ShapeSample(
+            self.prefill, self.num_decode, self.decode_context, (self.execute_s,), self.execute_s,
+            self.decode_max_context,
+        )  # fmt: skip
+
+
 @dataclass
 class Profile:
     header: ProfileHeader
     samples: list[ShapeSample] = field(default_factory=list)
     overhead: list[OverheadSample] = field(default_factory=list)
+    serving: list[ServingStep] = field(default_factory=list)
 
     # -------------------------------------------------------------------- dict form
     def to_dict(self) -> dict[str, Any]:
@@ -205,16 +258,7 @@ class Profile:
             "format": FORMAT,
             "version": VERSION,
             "header": header,
-            "samples": [
-                {
-                    "prefill": [list(p) for p in s.prefill],
-                    "num_decode": s.num_decode,
-                    "decode_context": s.decode_context,
-                    "times_s": list(s.times_s),
-                    "median_s": s.median_s,
-                }
-                for s in self.samples
-            ],
+            "samples": [_sample_dict(s) for s in self.samples],
             "overhead": [
                 {
                     "num_seqs": o.num_seqs,
@@ -229,6 +273,18 @@ class Profile:
                 }
                 for o in self.overhead
             ],
+            "serving": [
+                {
+                    "prefill": [list(p) for p in t.prefill],
+                    "num_decode": t.num_decode,
+                    "decode_context": t.decode_context,
+                    "decode_max_context": t.decode_max_context,
+                    "schedule_s": t.schedule_s,
+                    "execute_s": t.execute_s,
+                    "complete_s": t.complete_s,
+                }
+                for t in self.serving
+            ],
         }
 
     @classmethod
@@ -242,13 +298,15 @@ class Profile:
         ver = r.get(top, (), "version", int)
         if ver != VERSION:
             raise ProfileError(("version",), f"this code reads version {VERSION}, got {ver!r}")
-        r.no_extra(top, (), {"format", "version", "header", "samples", "overhead"})
+        r.no_extra(top, (), {"format", "version", "header", "samples", "overhead", "serving"})
         header = _read_header(r, r.get(top, (), "header", dict), ("header",))
         samples_raw = r.get(top, (), "samples", list)
         samples = [_read_sample(r, s, ("samples", i)) for i, s in enumerate(samples_raw)]
         over_raw = r.get(top, (), "overhead", list)
         overhead = [_read_overhead(r, o, ("overhead", i)) for i, o in enumerate(over_raw)]
-        return cls(header, samples, overhead)
+        serving_raw = r.get(top, (), "serving", list) if "serving" in top else []  # optional: older files
+        serving = [_read_serving(r, t, ("serving", i)) for i, t in enumerate(serving_raw)]
+        return cls(header, samples, overhead, serving)
 
     # -------------------------------------------------------------------- files
     def dumps(self) -> str:
@@ -257,9 +315,9 @@ class Profile:
         lines = ["{", f'  "format": {json.dumps(d["format"])},', f'  "version": {d["version"]},']
         header = json.dumps(d["header"], indent=2, allow_nan=False).replace("\n", "\n  ")
         lines.append(f'  "header": {header},')
-        for key in ("samples", "overhead"):
+        for key in ("samples", "overhead", "serving"):
             rows = d[key]
-            end = "," if key == "samples" else ""
+            end = "," if key != "serving" else ""
             if not rows:
                 lines.append(f'  "{key}": []{end}')
                 continue
@@ -457,9 +515,8 @@ def _read_header(r: _Reader, h: dict, path: tuple) -> ProfileHeader:
     )
 
 
-def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
-    s = r.obj(s, path)
-    r.no_extra(s, path, {"prefill", "num_decode", "decode_context", "times_s", "median_s"})
+def _read_shape(r: _Reader, s: dict, path: tuple) -> tuple[tuple[tuple[int, int], ...], int, int, int]:
+    """(prefill, num_decode, decode_context, decode_max_context) of a sample or serving record."""
     prefill_raw = r.get(s, path, "prefill", list)
     prefill = []
     for i, p in enumerate(prefill_raw):
@@ -480,8 +537,24 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
             path + ("decode_context",),
             f"expected >= num_decode ({nd}) and 0 when there are no decodes, got {ctx}",
         )
+    mx = r.get(s, path, "decode_max_context", int) if "decode_max_context" in s else 0
+    if mx and not (nd and -(-ctx // nd) <= mx <= ctx - (nd - 1)):
+        raise ProfileError(
+            path + ("decode_max_context",),
+            f"expected 0 or a longest context between {-(-ctx // nd) if nd else 0} and {ctx - nd + 1} "
+            f"for {nd} decode(s) of {ctx} tokens, got {mx}",
+        )
     if not prefill and nd == 0:
         raise ProfileError(path, "empty iteration: no prefill and no decode sequences")
+    return tuple(prefill), nd, ctx, mx
+
+
+def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
+    s = r.obj(s, path)
+    r.no_extra(
+        s, path, {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s"}
+    )
+    prefill, nd, ctx, mx = _read_shape(r, s, path)
     times_raw = r.get(s, path, "times_s", list)
     if not times_raw:
         raise ProfileError(path + ("times_s",), "expected at least one timed repeat")
@@ -492,7 +565,31 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     want = statistics.median(times)
     if not math.isclose(med, want, rel_tol=1e-9, abs_tol=0.0):
         raise ProfileError(path + ("median_s",), f"is {med!r} but the median of times_s is {want!r}")
-    return ShapeSample(tuple(prefill), nd, ctx, times, med)
+    return ShapeSample(prefill, nd, ctx, times, med, mx)
+
+
+def _read_serving(r: _Reader, t: Any, path: tuple) -> ServingStep:
+    t = r.obj(t, path)
+    floats = ("schedule_s", "execute_s", "complete_s")
+    r.no_extra(t, path, {"prefill", "num_decode", "decode_context", "decode_max_context", *floats})
+    prefill, nd, ctx, mx = _read_shape(r, t, path)
+    fv = {k: r.get(t, path, k, float) for k in floats}
+    for k in floats:
+        _positive(fv[k], path + (k,), allow_zero=k != "execute_s")
+    return ServingStep(prefill, nd, ctx, mx, **fv)
+
+
+def _sample_dict(s: ShapeSample) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "prefill": [list(p) for p in s.prefill],
+        "num_decode": s.num_decode,
+        "decode_context": s.decode_context,
+    }
+    if s.decode_max_context:
+        d["decode_max_context"] = s.decode_max_context
+    d["times_s"] = list(s.times_s)
+    d["median_s"] = s.median_s
+    return d
 
 
 def _read_overhead(r: _Reader, o: Any, path: tuple) -> OverheadSample:

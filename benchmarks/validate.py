@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import operator
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +48,7 @@ import numpy as np
 
 from backends.calibrated import CalibratedCostModel
 from backends.cost_model import BatchShape
-from backends.profile import MODEL_SHAPE_FIELDS, Profile
+from backends.profile import MODEL_SHAPE_FIELDS, Profile, ServingStep
 from benchmarks.metrics import compute_metrics
 from benchmarks.report import PNG_HELP, png_export_available
 
@@ -80,7 +78,6 @@ from benchmarks.validation_errors import (
     summarize,
 )
 from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
-from policies.scheduling.batch import ScheduledBatch
 from sim.config import SimConfig
 from sim.results import RunResult
 from sim.simulator import Simulation
@@ -101,13 +98,11 @@ __all__ = [
     "POLICY_KEYS",
     "SCALAR_ROWS",
     "TRACE_SLICE_KEYS",
-    "ShapeTap",
     "ValidationResult",
     "add_validate_args",
     "build_validation_figures",
     "error_rows",
     "format_errors",
-    "fresh_kv",
     "iteration_errors",
     "iteration_table",
     "jsonable",
@@ -255,64 +250,6 @@ def profile_mismatches(profile: Profile, engine: LLMEngine) -> tuple[list[str], 
     return errors, notes
 
 
-_computed = operator.attrgetter("num_computed_tokens")
-_outputs = operator.attrgetter("num_output_tokens")
-
-
-class ShapeTap:
-    """Records the shape and wall seconds of every `ModelRunner.execute` call while active.
-
-    Installed as an instance attribute over the runner's `execute` (the engine looks it up on its
-    runner each step) and removed on exit; the engine's code is untouched. Inside the engine's
-    measured step it only snapshots two per-sequence counters (a few microseconds for hundreds of
-    sequences, `cpu_seconds` in all); the shapes are built from the snapshots afterwards, with the
-    classification `ReplicaCore.shape` applies.
-    """
-
-    def __init__(self, runner: ModelRunner) -> None:
-        self.runner = runner
-        self.seconds: list[float] = []
-        self.cpu_seconds = 0.0
-        self._raw: list[tuple[list, list[int], list[int], list[int]]] = []
-        self._execute: Callable | None = None
-
-    def _on_execute(self, batch: ScheduledBatch) -> list[int]:
-        t0 = time.perf_counter()
-        seqs = batch.seqs
-        self._raw.append((seqs, batch.num_new_tokens, list(map(_computed, seqs)), list(map(_outputs, seqs))))
-        self.cpu_seconds += time.perf_counter() - t0
-        tokens = self._execute(batch)
-        self.seconds.append(self.runner.last_step_seconds)
-        return tokens
-
-    @property
-    def shapes(self) -> list[BatchShape]:
-        out = []
-        for seqs, counts, computed, outputs in self._raw:
-            prefill: list[tuple[int, int]] = []
-            nd = ctx = mx = 0
-            for s, n, c, o in zip(seqs, counts, computed, outputs):
-                if n == 1 and o > 0 and c + 1 == s.request.prompt_len + o:  # as ReplicaCore.shape
-                    nd += 1
-                    ctx += c + 1
-                    mx = max(mx, c + 1)
-                else:
-                    prefill.append((n, c))
-            out.append(BatchShape(prefill, nd, ctx, mx))
-        return out
-
-    def __enter__(self) -> ShapeTap:
-        r = self.runner
-        if "execute" in vars(r):
-            raise RuntimeError("the runner's execute is already wrapped")
-        self._execute = r.execute
-        r.execute = self._on_execute
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.runner.execute
-
-
 def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
     """Run a few steps of each kind before a measured replay, so Triton's JIT compilation and cuBLAS
     heuristics are not billed to the first requests. Uses its own block manager over the runner's
@@ -350,15 +287,6 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
             release(batch, kv)
 
 
-def fresh_kv(engine: LLMEngine) -> None:
-    """Give the engine an empty block manager of the same pool (no cached prefixes, zeroed stats), as
-    the simulator starts with. The KV tensors keep stale content, which no block hash points at."""
-    from policies.kv.block_manager import BlockManager
-
-    kv = engine.kv
-    engine.kv = BlockManager(engine.runner.num_blocks, kv.block_size, kv.enable_prefix_caching)
-
-
 # ------------------------------------------------------------------------------------------------
 # Capacity (to run at a given fraction of it)
 
@@ -377,7 +305,7 @@ def measure_capacity(
     burst = replace_arrivals(trace, np.zeros(len(trace)))
     if source == "engine":
         res = engine.replay(burst, seed=seed)
-        fresh_kv(engine)
+        engine.reset_kv()
     elif source == "sim":
         res = Simulation(burst, cfg, cost=cost).run()
     else:
@@ -449,7 +377,7 @@ def validate(
             raise ValueError("validate needs an engine_config or an engine")
         engine = LLMEngine(engine_config, scheduler=scheduler, enable_chunked_prefill=enable_chunked_prefill)
     else:
-        fresh_kv(engine)  # a previous run's prefix cache must not serve this one
+        engine.reset_kv()  # a previous run's prefix cache must not serve this one
     say(f"engine: {engine.spec.name} on {engine.runner.device.name}, {engine.runner.num_blocks} KV blocks")
     if profile is None:
         say("profiling the engine (no profile given)")
@@ -461,6 +389,7 @@ def validate(
             command="benchmarks.validate (profiled on the spot)",
             progress=say,
             seed=seed,
+            engine=engine,
         )
         cost = CalibratedCostModel(profile=prof)
         notes.append("profile measured on the spot, on this engine")
@@ -499,24 +428,19 @@ def validate(
     else:
         capacity = None
     say(f"engine replay of {len(trace)} requests")
-    with ShapeTap(engine.runner) as tap:
-        measured = engine.replay(trace, seed=seed, time_limit=time_limit)
+    steps: list[ServingStep] = []
+    measured = engine.replay(trace, seed=seed, time_limit=time_limit, step_log=steps)
     say("simulating")
     predicted = Simulation(trace, cfg, cost=cost).run()
     label_runs(measured, predicted, cost)
-    if len(tap.seconds) != len(measured.iterations["start"]):
+    if len(steps) != len(measured.iterations["start"]):
         raise RuntimeError(
-            f"engine logged {len(measured.iterations['start'])} iterations but {len(tap.seconds)} steps "
+            f"engine logged {len(measured.iterations['start'])} iterations but {len(steps)} steps "
             "were executed"
         )
-    shapes = tap.shapes
-    table = iteration_table(measured, shapes, np.asarray(tap.seconds), cost)
+    shapes = [t.shape for t in steps]
+    table = iteration_table(measured, shapes, np.asarray([t.execute_s for t in steps]), cost)
     notes.append(replay_check(measured, trace, cfg, shapes))
-    busy = float(table["measured_s"].sum())
-    if busy > 0:
-        notes.append(
-            f"recording iteration shapes added {tap.cpu_seconds / busy:.2%} to the engine's busy time"
-        )
     mirror = mirror_table(engine, cfg)
     bad = [k for k, (a, b) in mirror.items() if a != b]
     if bad:

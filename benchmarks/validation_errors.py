@@ -148,7 +148,8 @@ def iteration_table(
 ) -> dict[str, np.ndarray]:
     """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
     the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
-    prediction of both for that iteration's shape (`shapes`, from a `ShapeTap` or `replay_shapes`)."""
+    prediction of both for that iteration's shape (`shapes`, from the replay's step log or
+    `replay_shapes`)."""
     it = measured.iterations
     n = len(it["start"])
     if not n == len(shapes) == len(execute_s):

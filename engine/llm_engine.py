@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backends.profile import ServingStep
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from engine.sampling import SamplingParams, stop_reason
@@ -104,6 +105,13 @@ class LLMEngine:
     def max_model_len(self) -> int:
         return self.runner.max_model_len
 
+    def reset_kv(self) -> None:
+        """An empty block manager over the same pool (no cached prefixes, no sequences, zeroed
+        stats), as a simulated replica starts; the KV tensors keep stale content that no block
+        hash points at. Use it between runs, and after a replay cut short by its time limit."""
+        kv = self.kv
+        self.kv = BlockManager(self.runner.num_blocks, kv.block_size, kv.enable_prefix_caching)
+
     def _core(self, num_requests: int) -> ReplicaCore:
         return ReplicaCore(0, self.scheduler, self.kv, RunRecorder(num_requests), self.max_model_len)
 
@@ -176,9 +184,21 @@ class LLMEngine:
         return outs
 
     # -- trace replay -------------------------------------------------------------------------
-    def replay(self, trace: Trace, *, seed: int = 0, time_limit: float | None = None) -> RunResult:
+    def replay(
+        self,
+        trace: Trace,
+        *,
+        seed: int = 0,
+        time_limit: float | None = None,
+        step_log: list[ServingStep] | None = None,
+    ) -> RunResult:
         """Serve `trace` against the wall clock (idle gaps skipped), greedy, ignoring EOS so that
-        every request produces exactly its trace output length, and return the run's result."""
+        every request produces exactly its trace output length, and return the run's result.
+
+        With `step_log`, each iteration appends its shape and the seconds of its three phases
+        (`ServingStep`): the top of the loop (admitting arrivals) and the scheduler's decision, the
+        runner's step, and the bookkeeping up to the next loop top. Building the record's shape is
+        taken out of the engine clock, so logging does not move the timeline."""
         core = self._core(len(trace))
         runner = self.runner
         runner.sampling.clear()
@@ -192,8 +212,14 @@ class LLMEngine:
         skipped = 0.0
         t0 = time.perf_counter()
         iterations = 0
+        last: list | None = None  # the logged step whose bookkeeping phase is still open
         while nxt < n or core.has_work:
-            now = time.perf_counter() - t0 + skipped
+            top = time.perf_counter()
+            now = top - t0 + skipped
+            if last is not None:  # the bookkeeping phase ran until this loop top
+                last[-1] = top - last[-1]
+                step_log.append(ServingStep(*last))  # type: ignore[union-attr]
+                last = None
             if not core.has_work and nxt < n and arrivals[nxt] > now:
                 skipped += float(arrivals[nxt]) - now  # nothing to do until the next arrival
                 now = float(arrivals[nxt])
@@ -211,10 +237,26 @@ class LLMEngine:
                     raise RuntimeError("replay stalled: work pending, nothing schedulable, no arrivals left")
                 skipped += max(0.0, float(arrivals[nxt]) - now)
                 continue
+            t_run = time.perf_counter()
             tokens = runner.execute(batch)
-            end = time.perf_counter() - t0 + skipped
+            t_end = time.perf_counter()
+            end = t_end - t0 + skipped
+            if step_log is not None:
+                sh = core.shape(batch)  # before complete() advances the sequences
+                rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context,
+                       t_run - top, t_end - t_run]  # fmt: skip
+                t_c = time.perf_counter()
+                skipped -= t_c - t_end  # the log's own time is not the engine's
             core.complete(batch, now, end, tokens)
             iterations += 1
+            if step_log is not None:
+                if core.has_work or nxt >= n:
+                    last = [*rec, t_c]  # closed at the next loop top
+                else:  # idle next: the phase ends with the bookkeeping
+                    step_log.append(ServingStep(*rec, time.perf_counter() - t_c))
+        if last is not None:
+            last[-1] = time.perf_counter() - last[-1]
+            step_log.append(ServingStep(*last))  # type: ignore[union-attr]
         wall = time.perf_counter() - t0
         core.drain_unfinished()
         meta = {

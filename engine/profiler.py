@@ -19,6 +19,11 @@ preparation (`ModelRunner.prepare`) and the greedy token pick (argmax to the hos
 it (recorded to split the step in reports; decode steps under CUDA graphs stage their inputs in the
 graph's own buffers instead).
 
+Last, a serving phase (engine/profile_serving.py) replays a synthetic load ramp through the
+engine's own loop and records every iteration's shape and the seconds of its schedule, execute and
+complete phases, so the fit sees the engine's CPU phases and step times as they are when it
+serves, not only as a tight timing loop finds them.
+
 The default grid (about 220 shapes) covers Llama-3.1-8B-class shapes on one GPU in about two to
 three minutes (the analytic model puts one pass over it at ~10 s of H100 time):
 prefills from 16 to 8192 new tokens over cached prefixes up to 16k, prompts batched together,
@@ -56,6 +61,7 @@ from sim.results import RunRecorder
 from traces.schema import Request
 
 if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
     from engine.model_runner import ModelRunner
 
 # torch (and the model runner) are imported inside the functions that run the engine: the CLI builds
@@ -81,6 +87,7 @@ class ProfileGrid:
     mixed_prefill_tokens: tuple[int, ...] = (64, 512, 2048)
     mixed_fill_budget: bool = True  # also the chunk that fills the token budget (what FCFS schedules)
     mixed_prefill_cached: tuple[int, ...] = (0, 4096)
+    serving_seconds: float = 60.0  # the serving phase's length, in engine seconds (0: none)
 
     @classmethod
     def quick(cls) -> ProfileGrid:
@@ -97,6 +104,7 @@ class ProfileGrid:
             mixed_prefill_tokens=(8,),
             mixed_fill_budget=True,
             mixed_prefill_cached=(0, 8),
+            serving_seconds=2.0,
         )
 
 
@@ -410,12 +418,18 @@ def profile_runner(
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
+    engine: LLMEngine | None = None,
+    serving_seconds: float | None = None,
 ) -> Profile:
     """Profile an already built runner (the engine's own, so validation need not load the model twice).
 
     Once `time_budget_s` is spent no further step is timed: shapes keep the repeats they got (the
-    header's notes say how many fell short; shapes with none are left out).
+    header's notes say how many fell short; shapes with none are left out). Given the `engine`
+    that owns the runner, the grid is followed by `serving_seconds` (default: the grid's) of its
+    real serving loop (engine/profile_serving.py; 0 skips it).
     """
+    if engine is not None and engine.runner is not runner:
+        raise ValueError("profile_runner: `engine` must be the engine that owns `runner`")
     import torch
 
     from policies.scheduling import fcfs  # noqa: F401  (registers "fcfs")
@@ -497,6 +511,16 @@ def profile_runner(
             f"{repeats} timed repeats ({len(shapes) - len(samples)} none, and are left out)"
         )
         say(notes[-1])
+    serving = []
+    if serving_seconds is None:
+        serving_seconds = grid.serving_seconds
+    if engine is not None and serving_seconds > 0 and samples:
+        from engine.profile_serving import profile_serving
+
+        say(f"serving phase: {serving_seconds:g} s of the engine's loop under a synthetic load ramp")
+        serving, note = profile_serving(engine, samples, serving_seconds, seed)
+        notes.append(note)
+        say(note)
     graphs = runner.graphs
     header = ProfileHeader(
         device=runner.device.name,
@@ -523,7 +547,7 @@ def profile_runner(
         wall_seconds=time.perf_counter() - t_start,
         notes=tuple(notes),
     )
-    return Profile(header, samples, over)
+    return Profile(header, samples, over, serving)
 
 
 def profile_engine(
@@ -535,15 +559,16 @@ def profile_engine(
     quick: bool = False,
     **kwargs,
 ) -> Profile:
-    """Build the engine's model runner from `engine_config` and profile it (see `profile_runner`)."""
-    from engine.model_runner import ModelRunner
+    """Build the engine from `engine_config` and profile it (see `profile_runner`)."""
+    from engine.llm_engine import LLMEngine
 
-    runner = ModelRunner(engine_config)
+    engine = LLMEngine(engine_config, scheduler=kwargs.get("scheduler", "fcfs"))
     return profile_runner(
-        runner,
+        engine.runner,
         grid or (ProfileGrid.quick() if quick else ProfileGrid()),
         repeats=repeats,
         warmup=warmup,
+        engine=engine,
         **kwargs,
     )
 
@@ -574,6 +599,13 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds over all shapes (the median is kept)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per shape first (JIT, allocator)")
     p.add_argument("--time-budget", type=float, default=240.0, help="stop timing after this many seconds (s)")
+    p.add_argument(
+        "--serving-seconds",
+        type=float,
+        default=None,
+        help="then this long a replay of a synthetic load ramp through the engine's loop (0: skip; "
+        "default 60, 2 with --quick)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out",
@@ -654,6 +686,7 @@ def main_profile(args: argparse.Namespace | None = None, **kwargs) -> Path:
         time_budget_s=a.time_budget,
         command=cmd,
         seed=a.seed,
+        serving_seconds=a.serving_seconds,
         progress=lambda m: print(m, file=sys.stderr, flush=True),
     )
     out = Path(a.out) if a.out else default_profile_path(prof)

@@ -18,7 +18,14 @@ from backends.accelerators import get_accelerator
 from backends.calibrated import CalibratedCostModel, triton_decode_splits
 from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
 from backends.models import get_model
-from backends.profile import MODEL_SHAPE_FIELDS, OverheadSample, Profile, ProfileHeader, ShapeSample
+from backends.profile import (
+    MODEL_SHAPE_FIELDS,
+    OverheadSample,
+    Profile,
+    ProfileHeader,
+    ServingStep,
+    ShapeSample,
+)
 from sim.config import SimConfig
 from sim.simulator import simulate
 from traces.schema import Trace
@@ -219,6 +226,30 @@ def test_noise_free_fit_reproduces_the_machine() -> None:
         assert dec[f"ctx[{b}]"] == pytest.approx(DEC["ctx"] + DEC["ctx_row"] * b, rel=1e-6)
     np.testing.assert_allclose(m.schedule_fit.coef, SCHED, rtol=1e-6, atol=1e-13)
     np.testing.assert_allclose(m.complete_fit.coef, (*COMP, HASH), rtol=1e-6, atol=1e-13)
+
+
+def test_serving_phase_sets_the_cpu_phases_and_joins_the_device_fit() -> None:
+    # The loop's phases as served cost 3x what the tight-loop overhead records say (cold caches);
+    # the serving steps (uneven decode contexts among them) are exact samples of the machine too.
+    steps = []
+    for s in extra_shapes() + grid()[::5]:
+        x = (1, s.num_seqs, len(s.prefill), s.num_tokens - s.num_decode)
+        sched = 3 * sum(a * b for a, b in zip(SCHED, x))
+        comp = 3 * (sum(a * b for a, b in zip(COMP, x)) + HASH * s.num_tokens)
+        steps.append(
+            ServingStep(
+                tuple(s.prefill), s.num_decode, s.decode_context, s.decode_max_context, sched,
+                true_execute(s), comp,
+            )  # fmt: skip
+        )
+    p = synthetic_profile()
+    p.serving = steps
+    assert Profile.loads(p.dumps()) == p
+    m = CalibratedCostModel(profile=p)
+    for s in grid() + extra_shapes():
+        assert m.parts(s)["execute"] == pytest.approx(true_execute(s), rel=1e-6), s
+        assert m.stage_time(s) == pytest.approx(true_execute(s) + 3 * serving_overhead(s), rel=1e-6), s
+    assert any(f"fitted to {len(steps)} iterations of the profile's serving phase" in n for n in m.notes)
 
 
 def test_split_plan_from_the_datasheet_given_or_fitted() -> None:

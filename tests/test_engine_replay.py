@@ -59,6 +59,33 @@ def test_replay_serves_every_request_with_its_trace_lengths() -> None:
     eng.kv.check_invariants()
 
 
+def test_step_log_times_every_iteration_and_keeps_the_clock() -> None:
+    cfg = EngineConfig(
+        model=tiny_spec("llama"), device="cpu", block_size=4, num_kv_blocks=80, max_num_batched_tokens=24,
+        max_num_seqs=4,
+    )  # fmt: skip
+    eng = LLMEngine(cfg)
+    log: list = []
+    res = eng.replay(_trace(), step_log=log)
+    it = res.iterations
+    assert len(log) == len(it["start"]) == res.meta["iterations"]
+    for t, i in zip(log, range(len(log))):
+        # The shape is the one the iteration ran: its prefill and decode token counts.
+        assert sum(n for n, _ in t.prefill) == it["prefill_tokens"][i]
+        assert t.num_decode == it["decode_tokens"][i]
+        assert t.schedule_s > 0 and t.execute_s > 0 and t.complete_s > 0
+        # The engine stamps an iteration from the loop top to the end of the step.
+        assert it["end"][i] - it["start"][i] == pytest.approx(t.schedule_s + t.execute_s, rel=1e-6, abs=1e-6)
+    # The next iteration starts when this one's bookkeeping phase ends (back to back), or later
+    # when the replica went idle until an arrival.
+    gaps = np.diff(it["start"]) - (it["end"][:-1] - it["start"][:-1])
+    phase = np.array([t.complete_s for t in log[:-1]])
+    assert (gaps >= phase - 1e-6).all()
+    assert (np.abs(gaps - phase) < 2e-4).mean() > 0.5
+    eng.reset_kv()
+    assert eng.kv.num_used_blocks == 0
+
+
 def test_synthesized_prompts_share_exactly_the_hashed_prefix() -> None:
     a = Request(id=0, arrival=0, prompt_len=20, output_len=1, prefix_hashes=(1, 2, 3), hash_block_tokens=8)
     b = Request(id=1, arrival=0, prompt_len=30, output_len=1, prefix_hashes=(1, 2, 4, 5), hash_block_tokens=8)

@@ -17,6 +17,7 @@ from backends.profile import (
     OverheadSample,
     Profile,
     ProfileHeader,
+    ServingStep,
     ShapeSample,
     canonical_dtype,
 )
@@ -73,10 +74,15 @@ def small_profile() -> Profile:
             sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]),
             sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]),
             sample([(100, 4096), (7, 0)], 3, 99, [0.05, 0.051]),
+            replace(sample([], 3, 3000, [0.02]), decode_max_context=2500),  # uneven contexts
         ],
         [
             OverheadSample(4, 0, 0, 4, 1.5e-5, 2.25e-5, 1e-4, 3e-5, 3),
             OverheadSample(5, 2, 107, 3, 2e-5, 0.0, 1e-4, 3e-5, 3),
+        ],
+        [
+            ServingStep(((64, 1024),), 5, 5000, 4000, 7.5e-5, 0.031, 1.25e-4),
+            ServingStep((), 2, 20, 0, 6e-5, 0.005, 0.0),
         ],
     )
 
@@ -89,15 +95,21 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert q.dumps() == p.dumps() == path.read_text()
     assert q.samples[0].times_s[0] == 0.1 + 0.2  # shortest-repr floats survive bit for bit
     assert q.samples[2].shape.prefill == [(100, 4096), (7, 0)]
-    assert [s.kind for s in q.samples] == ["decode", "prefill", "mixed"]
-    assert q.counts() == {"decode": 1, "prefill": 1, "mixed": 1}
+    assert [s.kind for s in q.samples] == ["decode", "prefill", "mixed", "decode"]
+    assert q.counts() == {"decode": 2, "prefill": 1, "mixed": 1}
+    assert q.samples[3].shape.decode_max_context == 2500
+    assert q.serving[0].shape.decode_max_context == 4000 and q.serving[0].as_sample().kind == "mixed"
+    # Files written before the serving phase existed still load.
+    d = json.loads(path.read_text())
+    del d["serving"]
+    assert Profile.from_dict(d).serving == []
     assert json.loads(path.read_text())["format"] == FORMAT
 
 
 def test_records_are_one_per_line(tmp_path: Path) -> None:
     text = small_profile().dumps()
     lines = text.splitlines()
-    assert sum(1 for ln in lines if ln.strip().startswith('{"prefill"')) == 3
+    assert sum(1 for ln in lines if ln.strip().startswith('{"prefill"')) == 6
     assert sum(1 for ln in lines if ln.strip().startswith('{"num_seqs"')) == 2
 
 
@@ -136,7 +148,7 @@ def _layout_like(d: dict) -> str:
     """`d` dumped with the same layout as `Profile.dumps` (records one per line)."""
     lines = ["{", f'  "format": {json.dumps(d["format"])},', f'  "version": {json.dumps(d["version"])},']
     lines.append('  "header": ' + json.dumps(d["header"], indent=2).replace("\n", "\n  ") + ",")
-    for key, end in (("samples", ","), ("overhead", "")):
+    for key, end in (("samples", ","), ("overhead", ","), ("serving", "")):
         lines.append(f'  "{key}": [')
         rows = d[key]
         for i, row in enumerate(rows):
@@ -177,6 +189,17 @@ def _line_of(path: Path, needle: str, nth: int = 0) -> int:
             "overhead[0].decode_tokens",
             '"num_seqs": 4',
         ),
+        (
+            lambda d: d["samples"][3].__setitem__("decode_max_context", 900),
+            "samples[3].decode_max_context",
+            '"decode_max_context": 900',
+        ),
+        (
+            lambda d: d["serving"][1].__setitem__("execute_s", 0.0),
+            "serving[1].execute_s",
+            '"execute_s": 0.0,',
+        ),
+        (lambda d: d["serving"][0].pop("complete_s"), "serving[0].complete_s", '"decode_max_context": 4000'),
         (lambda d: d["header"].__setitem__("tp", 0), "header.tp", '"tp": 0'),
         (lambda d: d["header"].__setitem__("dtype", "int4"), "header.dtype", '"dtype"'),
         (
@@ -260,8 +283,16 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     # Grid points past the pool (40 blocks of 4 tokens), the budget or the sequence cap are noted, not run.
     lim = ShapeLimits(48, 6, 512, 40, 4)
     shapes, notes = grid_shapes(ProfileGrid.quick(), lim)
-    assert notes and list(h.notes) == notes
+    assert notes and list(h.notes[:-1]) == notes
+    assert h.notes[-1].startswith(f"serving phase: {len(prof.serving)} iterations in 2 s")
     assert len(prof.samples) == len(shapes) == len(prof.overhead)
+    # The serving phase logged the engine's own loop: shapes within the limits, every phase timed.
+    assert len(prof.serving) > 5
+    kinds = {t.as_sample().kind for t in prof.serving}
+    assert {"decode", "mixed"} <= kinds
+    for t in prof.serving:
+        assert lim.why_not(t.shape) is None
+        assert t.execute_s > 0 and t.schedule_s > 0 and t.complete_s > 0
     counts = prof.counts()
     assert counts["decode"] > 0 and counts["prefill"] > 0 and counts["mixed"] > 0
     for s in prof.samples:
