@@ -250,10 +250,12 @@ def profile_mismatches(profile: Profile, engine: LLMEngine) -> tuple[list[str], 
     return errors, notes
 
 
-def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
-    """Run a few steps of each kind before a measured replay, so Triton's JIT compilation and cuBLAS
-    heuristics are not billed to the first requests. Uses its own block manager over the runner's
-    pool: the engine's block manager (and prefix cache) stays untouched."""
+def warm_up(runner: ModelRunner, shapes: list[BatchShape] | None = None, rounds: int = 1) -> None:
+    """Run every shape (default: a few of each kind) before a measured replay, so that Triton's JIT
+    compilation of each kernel specialisation and cuBLAS's heuristics are not billed to the first
+    requests. Given a profile, pass its grid shapes: they cover the specialisations serving meets, as
+    the profiler's own warm-up did before it timed them. Uses its own block manager over the
+    runner's pool: the engine's block manager (and prefix cache) stays untouched."""
     from engine.profiler import ShapeLimits, _Synth, build_batch, release
     from policies.kv.block_manager import BlockManager
 
@@ -265,15 +267,16 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
         runner.num_blocks,
         runner.block_size,
     )
-    nd = max(1, min(8, cfg.max_num_seqs - 1))
-    n_pf = max(1, min(512, cfg.max_num_batched_tokens - nd))
-    ctx = max(2, min(64, runner.max_model_len))
-    shapes = [
-        BatchShape([], 1, ctx),
-        BatchShape([], nd, nd * ctx),
-        BatchShape([(n_pf, 0)]),
-        BatchShape([(n_pf, 0)], nd, nd * ctx),
-    ]
+    if shapes is None:
+        nd = max(1, min(8, cfg.max_num_seqs - 1))
+        n_pf = max(1, min(512, cfg.max_num_batched_tokens - nd))
+        ctx = max(2, min(64, runner.max_model_len))
+        shapes = [
+            BatchShape([], 1, ctx),
+            BatchShape([], nd, nd * ctx),
+            BatchShape([(n_pf, 0)]),
+            BatchShape([(n_pf, 0)], nd, nd * ctx),
+        ]
     kv = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching=False)
     synth = _Synth(runner.spec.vocab_size, seed=12345)
     for s in shapes:
@@ -402,7 +405,7 @@ def validate(
                 f"{cost.profile_path or 'profile'} does not describe this engine: " + "; ".join(errors)
             )
         notes += more
-        warm_up(engine.runner)
+        warm_up(engine.runner, [x.shape for x in prof.samples])
     notes += cost.notes
     cfg = mirror_sim_config(engine, sim_overrides)
     if time_limit is not None and "horizon" not in (sim_overrides or {}):
