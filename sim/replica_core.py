@@ -275,6 +275,28 @@ class ReplicaCore:
         """Follow `batch`'s members through the iterations the scheduler promises (see
         `Scheduler.plans_steady_batches`) until all of them decode, without changing any state."""
         seqs = batch.seqs
+        bs = self.kv.block_size
+        # Fast path, the common case: every member decodes already (nothing spelled out). A
+        # member computing more than one token is no decode, so the scan is skipped then.
+        if sum(batch.num_new_tokens) == len(seqs):
+            ctx0 = max0 = 0
+            finish = _NEVER
+            kv: list[tuple[int, int]] = []
+            for s, k in zip(seqs, batch.num_new_tokens):
+                c = s.num_computed_tokens
+                o = s.num_output_tokens
+                r = s.request
+                if k != 1 or o == 0 or c + 1 != r.prompt_len + o:
+                    break
+                ctx0 += c + 1
+                if c >= max0:
+                    max0 = c + 1
+                f = r.output_len - o - 1
+                if f < finish:
+                    finish = f
+                kv.append((c, len(s.block_table) * bs))
+            else:
+                return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv)
         n = len(seqs)
         cs = [s.num_computed_tokens for s in seqs]
         outs = [s.num_output_tokens for s in seqs]
@@ -288,8 +310,8 @@ class ReplicaCore:
         j = 0
         done = 0
         while True:
-            pure = True
-            for i in range(n):
+            pure = sum(counts) == n  # counts are >= 1 here, so only all-ones can be pure
+            for i in range(n if pure else 0):
                 r = seqs[i].request
                 if counts[i] != 1 or outs[i] == 0 or cs[i] + 1 != r.prompt_len + outs[i]:
                     pure = False
@@ -352,9 +374,13 @@ class ReplicaCore:
             max0 -= m
         return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, list(zip(k_eff, caps)))
 
-    def complete_decode_run(self, batch: ScheduledBatch, starts: Seq[float], ends: Seq[float]) -> None:
+    def complete_decode_run(
+        self, batch: ScheduledBatch, starts: Seq[float], ends: Seq[float], allocated: bool = False
+    ) -> None:
         """Apply k = len(ends) decode iterations of the same batch, iteration i running from
-        starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages)."""
+        starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages).
+        `allocated`: the caller has already given every sequence its blocks for all k (a
+        pipelined run allocates in its own order, to keep the peak that stepping records)."""
         seqs = batch.seqs
         kv = self.kv
         k = len(ends)
@@ -369,9 +395,9 @@ class ReplicaCore:
             else:
                 itl.add_many([ends[i + 1] - ends[i] for i in range(k - 1)], B)
         finished = []
-        allocate = kv.allocate
+        allocate = kv.allocate if k > 1 and not allocated else None
         for s in seqs:
-            if k > 1 and not allocate(s, k):  # room for c + k tokens (iteration 1 had c + 1)
+            if allocate is not None and not allocate(s, k):  # room for c + k tokens (iteration 1 had c + 1)
                 raise AssertionError("decode run exceeded the KV limit it was planned with")
             s.num_computed_tokens += k
             out = s.num_output_tokens + k

@@ -95,6 +95,9 @@ class Simulation:
             for i in range(cfg.num_replicas)
         ]
         self.routed = 0
+        self._arrival_times: list[float] = trace.arrival.tolist()
+        # Pipelined runs paused at the next arrival, per replica: (advance, result, wake event).
+        self._paused: dict[int, tuple] = {}
         self._lines: dict[int, tuple[float, float, float]] = {}
 
     def _decode_line(self, n: int) -> tuple[float, float, float]:
@@ -109,9 +112,10 @@ class Simulation:
     def _arrivals(self):
         env = self.env
         trace = self.trace
-        arrival = trace.arrival.tolist()
+        arrival = self._arrival_times
         replicas = self.replicas
         route = self.router.route
+        paused = self._paused
         for i, t in enumerate(arrival):
             if t > env.now:
                 yield env.timeout(t - env.now)
@@ -119,6 +123,25 @@ class Simulation:
             r = route(req, replicas, env.now)
             replicas[r].add(Sequence(req), env.now)
             self.routed = i + 1
+            if paused:
+                self._extend_runs()
+
+    def _next_arrival(self) -> float:
+        """Arrival time of the next request not routed yet (inf after the last)."""
+        i = self.routed
+        return self._arrival_times[i] if i < len(self._arrival_times) else float("inf")
+
+    def _extend_runs(self) -> None:
+        """After an arrival: paused pipelined runs that it did not cut compute on to the next
+        arrival; one that reaches its natural end gets its timer."""
+        horizon = self._next_arrival()
+        for cid, (advance, result, ev) in list(self._paused.items()):
+            if ev.triggered:  # the arrival came to this replica: the run is cut
+                continue
+            if advance(horizon):
+                del self._paused[cid]
+                core = self.replicas[cid]
+                self.env.timeout(result[0] - self.env.now).callbacks.append(core.on_arrival)
 
     def _wait_for_arrival(self, core: ReplicaCore, delay: float | None = None) -> simpy.Event:
         """An event that fires at the next arrival to `core` or, when `delay` is given, after
@@ -252,8 +275,10 @@ class Simulation:
         along, then decodes on the cost model's decode line) and the flow-shop recurrence is
         computed ahead in plain arithmetic (no events) until the first finish, the KV limit, a
         point where stepping would merge two micro-batches, or an arrival, whichever comes
-        first. The state at that moment (completed iterations, micro-batches in flight, stage
-        free times) is then rebuilt exactly as stepping would have left it."""
+        first. The look-ahead stops at the trace's next arrival and is extended only when that
+        arrival goes to another replica (`_extend_runs`), so nothing is computed that a cut
+        throws away. The state at that moment (completed iterations, micro-batches in flight,
+        stage free times) is then rebuilt exactly as stepping would have left it."""
         env = self.env
         cost = self.cost
         pp = self.cfg.pp
@@ -290,63 +315,91 @@ class Simulation:
             limits.append(plan.stop)
             kv_cs += plan.kv
         k_kv = core.kv_limit(kv_cs, max(min(r, s) for r, s in zip(remaining, limits)))
+        limit = [min(k_kv, s) for s in limits]
         E = [[g[1]] for g in groups]
         C = [[g[2]] for g in groups]
         free0 = list(stage_free)  # stage free times after X entered
         entry_t: list[float] = []  # entry time and stage time of each later entry
         entry_st: list[float] = []
+        entry_c: list[float] = []  # and its completion
         pending = deque(range(len(groups)))
-        # Hot loop: plain locals, no builtins per stage (this runs once per micro-batch iteration).
         nxt = [1] * len(groups)  # index of each group's next iteration
         last_c = [g[2] for g in groups]
-        sf = stage_free
-        stages = range(pp)
-        inclusive = False
-        cap = 200_000  # entries per run at most, to bound memory
-        while True:
-            g = pending[0]
-            i1 = nxt[g]
-            c0 = last_c[g]
-            if i1 >= remaining[g]:
-                stop, inclusive = c0, True  # that completion finishes a sequence
-                break
-            e = sf[0] if sf[0] > c0 else c0
-            if len(pending) > 1 and last_c[pending[1]] <= e:
-                stop = e  # stepping would schedule two completed micro-batches as one
-                break
-            if i1 >= k_kv or i1 >= limits[g] or len(entry_t) >= cap:
-                stop = e
-                break
-            if i1 < ms[g]:
-                st = explicit[g][i1]
-            else:
-                ga, gb, gctx, n, gc, gmax = lines[g]
-                st = ga + gb * (gctx + n * i1)
-                if gc:
-                    st = st + gc * (gmax + i1)
-            t = e
-            for j in stages:
-                f = sf[j]
-                if f > t:
-                    t = f
-                t += st
-                sf[j] = t
-            E[g].append(e)
-            C[g].append(t)
-            last_c[g] = t
-            nxt[g] = i1 + 1
-            entry_t.append(e)
-            entry_st.append(st)
-            pending.popleft()
-            pending.append(g)
+        result: list = []  # [stop, inclusive] once the run's natural end is known
+
+        def advance(horizon: float) -> bool:
+            """Compute the recurrence ahead until the run's natural end (True, `result` set) or
+            until the next group to enter completes its current iteration at or after `horizon`
+            (False): every entry and completion before `horizon` is known then, which is all a
+            cut by an arrival at `horizon` needs, and no stop can come before that point, since
+            the head's completion is the earliest candidate. Called again with a later horizon
+            when the arrival went elsewhere, so nothing is computed that an arrival discards."""
+            # Hot loop: plain locals, no builtins per stage (this runs once per micro-batch iteration).
+            pending_, nxt_, last_c_, sf, E_, C_ = pending, nxt, last_c, stage_free, E, C
+            entry_t_, entry_st_, entry_c_ = entry_t, entry_st, entry_c
+            later = range(1, pp)  # stage 0 is free at entry by construction (e >= sf[0])
+            left = 200_000 - len(entry_t_)  # entries per run at most, to bound memory
+            multi = len(pending_) > 1
+            inclusive = False
+            while True:
+                g = pending_[0]
+                c0 = last_c_[g]
+                if c0 >= horizon:
+                    return False
+                i1 = nxt_[g]
+                if i1 >= remaining[g]:
+                    stop, inclusive = c0, True  # that completion finishes a sequence
+                    break
+                e = sf[0] if sf[0] > c0 else c0
+                if multi and last_c_[pending_[1]] <= e:
+                    stop = e  # stepping would schedule two completed micro-batches as one
+                    break
+                if i1 >= limit[g] or left <= 0:  # KV or the plan's own limit
+                    stop = e
+                    break
+                if i1 < ms[g]:
+                    st = explicit[g][i1]
+                else:
+                    ga, gb, gctx, n, gc, gmax = lines[g]
+                    st = ga + gb * (gctx + n * i1)
+                    if gc:
+                        st = st + gc * (gmax + i1)
+                t = e + st
+                sf[0] = t
+                for j in later:
+                    f = sf[j]
+                    if f > t:
+                        t = f
+                    t += st
+                    sf[j] = t
+                E_[g].append(e)
+                C_[g].append(t)
+                last_c_[g] = t
+                nxt_[g] = i1 + 1
+                entry_t_.append(e)
+                entry_st_.append(st)
+                entry_c_.append(t)
+                left -= 1
+                pending_.rotate(-1)
+            result[:] = [stop, inclusive]
+            return True
+
         for (gb_, _, _), c, plan in zip(groups, C, plans):
             core.begin_decode_run(gb_, c, plan.work)
-        if stop > now:
-            yield self._wait_for_arrival(core, stop - now)
+        if advance(self._next_arrival()):
+            stop = result[0]
+            if stop > now:
+                yield self._wait_for_arrival(core, stop - now)
+        else:
+            # Paused at the next arrival: wait for one to this replica; the arrival process
+            # extends the computation (`_extend_runs`) each time one goes elsewhere.
+            wake_ev = self._wait_for_arrival(core)
+            self._paused[core.id] = (advance, result, wake_ev)
+            yield wake_ev
+            self._paused.pop(core.id, None)
         core.on_arrival = None
         t = env.now
-        if t < stop:
-            inclusive = False  # cut short by an arrival
+        inclusive = bool(result) and result[1] and t >= result[0]  # else cut short by an arrival
         core.end_decode_runs()
         # Rebuild: iterations completed by t are committed; an iteration entered before t (the
         # first one of every group always was) and not completed is in flight.
@@ -362,10 +415,13 @@ class Simulation:
             if last < 1:
                 continue  # iteration 0 got its blocks when it was scheduled
             m = plan.m
-            for i, s in enumerate(plan.seqs):
-                need = sum(plan.counts[j][i] for j in range(min(last + 1, m)))
-                if last >= m:
-                    need += last + 1 - m
+            if m:
+                rows = plan.counts[: min(last + 1, m)]
+                extra = last + 1 - m if last >= m else 0
+                needs = [sum(col) + extra for col in zip(*rows)]
+            else:  # pure decodes: one token per iteration each
+                needs = [last + 1] * len(plan.seqs)
+            for s, need in zip(plan.seqs, needs):
                 if not allocate(s, need):
                     raise AssertionError(f"replica {core.id}: pipelined run exceeded its KV plan "
                                          f"(sequence {s.id})")
@@ -382,11 +438,19 @@ class Simulation:
                 core.complete(_iteration_batch(gbatch, plan, j), e_g[j], c[j])
             dec = gbatch if m == 0 else _iteration_batch(gbatch, plan, m)
             if k > m:
-                core.complete_decode_run(dec, e_g[m:k], c[m:k])
+                core.complete_decode_run(dec, e_g[m:k], c[m:k], allocated=True)
             if k < len(c) and (k == 0 or e_g[k] < t):
                 mb_batch = dec if k >= m else _iteration_batch(gbatch, plan, k)
                 track(mb_batch, e_g[k], c[k], k >= m or not plan.shapes[k].prefill)
-        # Stage free times as they were after the last entry before t: replay the recurrence.
+        # Stage free times as they were after the last entry before t. Each entry leaves every
+        # stage free at the moment it leaves that stage, so with two stages they are its entry
+        # plus its stage time and its completion; with more, the recurrence is replayed.
+        x = bisect_left(entry_t, t)  # entries before t
+        if pp == 2 and x:
+            stage_free[0] = entry_t[x - 1] + entry_st[x - 1]
+            stage_free[1] = entry_c[x - 1]
+            inflight.sort(key=lambda mb: mb.start)
+            return
         stage_free[:] = free0
         stages = range(pp)
         for e, st in zip(entry_t, entry_st):

@@ -148,3 +148,29 @@ def test_itl_histogram_buffers_without_changing_counts():
     np.testing.assert_array_equal(h.counts, expect)
     assert h.n == len(vals) + 7
     assert h.total == pytest.approx(vals.sum() + 1.5 + 0.5 + 0.25, rel=1e-12)
+
+
+def test_runs_paused_at_arrivals_for_other_replicas_match_stepping(linear_cost, monkeypatch):
+    """A pipelined run computes ahead only to the next arrival in the trace; when that arrival is
+    routed to another replica the run is extended from where it paused. With three replicas
+    most arrivals go elsewhere, so runs are paused and extended many times, and the timeline
+    must still be the one stepping gives."""
+    from sim.simulator import Simulation
+
+    linear_cost.per_ctx = 1e-6
+    linear_cost.layout = ParallelLayout(1, 2)
+    tr = long_prompt_trace(240, 6.0, 11)
+    cfg = dict(num_kv_blocks=2000, max_num_batched_tokens=384, num_replicas=3, router="least-work", pp=2)
+    extended = {"paused": 0}
+    extend = Simulation._extend_runs
+
+    def counted(self):
+        extended["paused"] += len(self._paused)
+        return extend(self)
+
+    monkeypatch.setattr(Simulation, "_extend_runs", counted)
+    step = simulate(tr, SimConfig(jump=False, **cfg), linear_cost)
+    assert extended["paused"] == 0  # stepping never pauses a run
+    planned = simulate(tr, SimConfig(jump=True, **cfg), linear_cost)
+    _same_timeline(step, planned)
+    assert extended["paused"] > 10
