@@ -271,10 +271,13 @@ def _decode_max(shape: BatchShape) -> int:
     return shape.decode_max_context or _even_max(shape.num_decode, shape.decode_context)
 
 
-def _gpu_row(shape: BatchShape, knots: tuple[int, ...], one_launch: bool) -> list[float]:
+def _gpu_row(
+    shape: BatchShape, knots: tuple[int, ...], one_launch: bool, padded: int | None = None
+) -> list[float]:
     """Device-side regressors of an eager step. `one_launch`: the attention of the whole batch is one
     kernel launch (Triton), so its longest program sets its length; otherwise (the reference path,
-    one call per sequence) each chunk's KV read adds up."""
+    one call per sequence) each chunk's KV read adds up. `padded`: the token count the step's GEMMs
+    run at (a step graph's bucket), when not its own."""
     t = shape.num_decode
     attn = 0.0
     longest = _decode_max(shape)
@@ -285,6 +288,8 @@ def _gpu_row(shape: BatchShape, knots: tuple[int, ...], one_launch: bool) -> lis
         kv += c + n
         if c + n > longest:
             longest = c + n
+    if padded is not None:
+        t = padded
     return [
         1.0,
         float(t),
@@ -295,8 +300,9 @@ def _gpu_row(shape: BatchShape, knots: tuple[int, ...], one_launch: bool) -> lis
     ]
 
 
-def _cpu_row(shape: BatchShape) -> list[float]:
-    return [1.0, float(shape.num_seqs)]
+def _cpu_row(shape: BatchShape, graphed: bool = False) -> list[float]:
+    """Launch-side regressors; a step replayed from a graph launches nothing from Python."""
+    return [0.0, 0.0] if graphed else [1.0, float(shape.num_seqs)]
 
 
 def _overhead_row(o: OverheadSample) -> list[float]:
@@ -368,6 +374,7 @@ class CalibratedCostModel:
         if num_sms is not None and num_sms < 1:
             raise ValueError(f"num_sms must be >= 1, got {num_sms}")
         self.buckets = tuple(h.graph_buckets) if h.cuda_graphs else ()
+        self.step_buckets = tuple(h.step_graph_buckets) if h.cuda_graphs else ()
         self.kv_heads = max(1, int(h.model_config["num_kv_heads"]) // h.tp)
         # The Triton kernel runs one program per (sequence, KV head[, split]) in one launch: critical path.
         self.splits_apply = h.attention_backend == "triton" and h.device_kind == "cuda"
@@ -551,8 +558,8 @@ class CalibratedCostModel:
                 f"least {len(terms)} ({', '.join(terms)}); profile a larger grid"
             )
         shapes = [s.shape for s in samples]
-        G = np.array([_gpu_row(s, knots, self.splits_apply) for s in shapes])
-        C = np.array([_cpu_row(s) for s in shapes])
+        G = np.array([self._gpu_row(s, knots) for s in shapes])
+        C = np.array([_cpu_row(s, self.step_bucket(s) is not None) for s in shapes])
         y = np.array([s.median_s for s in samples])
         if self.overlapped:
             g, c = _fit_slower_of_two(G, C, y)
@@ -575,12 +582,24 @@ class CalibratedCostModel:
             terms, self._gpu_coef + self._cpu_coef, knots, tuple(y.tolist()), tuple(predicted.tolist())
         )
 
+    def step_bucket(self, shape: BatchShape) -> int | None:
+        """The step-graph bucket the engine runs this (non-decode) step in, or None when it runs eagerly."""
+        b = self.step_buckets
+        t = shape.num_tokens
+        if not b or t > b[-1] or shape.num_seqs > min(self.profile.header.max_num_seqs, b[-1]):
+            return None
+        return b[bisect.bisect_left(b, t)]
+
+    def _gpu_row(self, shape: BatchShape, knots: tuple[int, ...]) -> list[float]:
+        return _gpu_row(shape, knots, self.splits_apply, self.step_bucket(shape))
+
     def _eager_parts(self, shape: BatchShape) -> tuple[float, float]:
         """(device, launch) seconds of an eager step: the step takes the larger on an accelerator, the
-        sum on a CPU."""
-        row = _gpu_row(shape, self._pf_knots, self.splits_apply)
+        sum on a CPU. A step-graph replay has no launch part and runs its bucket's token count."""
+        row = self._gpu_row(shape, self._pf_knots)
         g = math.fsum(a * x for a, x in zip(self._gpu_coef, row))
-        c = math.fsum(a * x for a, x in zip(self._cpu_coef, _cpu_row(shape)))
+        cpu = _cpu_row(shape, self.step_bucket(shape) is not None)
+        c = math.fsum(a * x for a, x in zip(self._cpu_coef, cpu))
         return g, c
 
     def _eager_execute(self, shape: BatchShape) -> float:
@@ -753,10 +772,11 @@ class CalibratedCostModel:
             d = self.as_decode(shape)
             if d is None:
                 g, c = self._eager_parts(shape)
-                row = _gpu_row(shape, self._pf_knots, self.splits_apply)
+                row = self._gpu_row(shape, self._pf_knots)
                 names = self.prefill_fit.terms[: len(self._gpu_coef)]
                 gpu = zip(names, (a * x for a, x in zip(self._gpu_coef, row)))
-                cpu = zip(_CPU_TERMS, (a * x for a, x in zip(self._cpu_coef, _cpu_row(shape))))
+                graphed = self.step_bucket(shape) is not None
+                cpu = zip(_CPU_TERMS, (a * x for a, x in zip(self._cpu_coef, _cpu_row(shape, graphed))))
                 if not self.overlapped:
                     out.update(gpu)
                     out.update(cpu)

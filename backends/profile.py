@@ -120,6 +120,8 @@ class ProfileHeader:
     command: str  # the command line that produced the file
     wall_seconds: float  # how long profiling took
     notes: tuple[str, ...] = ()  # e.g. grid points skipped because they exceed the KV pool
+    # token-count buckets of the small-step graphs (engine/step_graphs.py; a step runs padded to one)
+    step_graph_buckets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,7 @@ class Profile:
             "attention_backend": h.attention_backend,
             "cuda_graphs": h.cuda_graphs,
             "graph_buckets": list(h.graph_buckets),
+            "step_graph_buckets": list(h.step_graph_buckets),
             "warmup": h.warmup,
             "repeats": h.repeats,
             "software": dict(h.software),
@@ -447,6 +450,7 @@ def _read_header(r: _Reader, h: dict, path: tuple) -> ProfileHeader:
         "attention_backend",
         "cuda_graphs",
         "graph_buckets",
+        "step_graph_buckets",
         "warmup",
         "repeats",
         "software",
@@ -473,6 +477,12 @@ def _read_header(r: _Reader, h: dict, path: tuple) -> ProfileHeader:
     if list(buckets) != sorted(set(buckets)) or any(b < 1 for b in buckets):
         raise ProfileError(
             path + ("graph_buckets",), f"expected increasing positive sizes, got {buckets_raw!r}"
+        )
+    step_raw = r.get(h, path, "step_graph_buckets", list) if "step_graph_buckets" in h else []
+    step_buckets = tuple(r.check(b, path + ("step_graph_buckets", i), int) for i, b in enumerate(step_raw))
+    if list(step_buckets) != sorted(set(step_buckets)) or any(b < 1 for b in step_buckets):
+        raise ProfileError(
+            path + ("step_graph_buckets",), f"expected increasing positive sizes, got {step_raw!r}"
         )
     graphs = r.get(h, path, "cuda_graphs", bool)
     if graphs and not buckets:
@@ -505,6 +515,7 @@ def _read_header(r: _Reader, h: dict, path: tuple) -> ProfileHeader:
         attention_backend=r.get(h, path, "attention_backend", str),
         cuda_graphs=graphs,
         graph_buckets=buckets,
+        step_graph_buckets=step_buckets,
         warmup=warmup,
         repeats=ints["repeats"],
         software=dict(software),

@@ -233,6 +233,7 @@ def profile_mismatches(profile: Profile, engine: LLMEngine) -> tuple[list[str], 
         ("block_size", h.block_size, r.block_size),
         ("attention_backend", h.attention_backend, r.backend.name),
         ("cuda_graphs", h.cuda_graphs, r.graphs is not None),
+        ("step_graph_buckets", h.step_graph_buckets, tuple(r.step_graphs.buckets) if r.step_graphs else ()),
     ):
         if got != want:
             errors.append(f"{what}: profile {got!r}, engine {want!r}")

@@ -33,6 +33,9 @@ class EngineConfig:
     # variants and keeps the fastest; "cublas", "split" (engine/triton_splitk.py, every split
     # forced) and "fused" (engine/triton_gemv.py) force one.
     decode_gemv: str = "auto"
+    # Steps with prefill tokens up to this many tokens replay CUDA graphs too (engine/step_graphs.py),
+    # bucketed by token count; 0 runs them eagerly. Needs cuda_graphs.
+    step_graph_tokens: int = 512
     attention_backend: str = "auto"  # "auto" (Triton on CUDA, else torch) | "torch" | "triton"
     seed: int = 0
 
@@ -56,6 +59,8 @@ class EngineConfig:
             )
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"EngineConfig.max_model_len must be >= 1, got {self.max_model_len}")
+        if self.step_graph_tokens < 0:
+            raise ValueError(f"EngineConfig.step_graph_tokens must be >= 0, got {self.step_graph_tokens}")
         if self.decode_gemv not in ("auto", "cublas", "split", "fused"):
             raise ValueError(
                 "EngineConfig.decode_gemv must be 'auto', 'cublas', 'split' or 'fused', "

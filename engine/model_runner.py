@@ -82,7 +82,7 @@ def build_model(
 
 
 class ModelRunner:
-    """Owns the model, its KV pools, the sampler and (on CUDA) the decode graphs."""
+    """Owns the model, its KV pools, the sampler and (on CUDA) the decode and small-step graphs."""
 
     def __init__(self, config: EngineConfig, source: WeightSource | None = None) -> None:
         self.config = config
@@ -128,6 +128,14 @@ class ModelRunner:
                 self.max_model_len,
                 max_batch=config.max_num_seqs,
                 gemv=config.decode_gemv,
+            )
+        self.step_graphs = None
+        limit = min(config.step_graph_tokens, config.max_num_batched_tokens)
+        if self.graphs is not None and limit > 0:
+            from engine.step_graphs import StepGraphs
+
+            self.step_graphs = StepGraphs(
+                self.model, self.kv, self.backend, self.max_model_len, limit, config.max_num_seqs
             )
         self.last_step_seconds = 0.0
 
@@ -191,12 +199,38 @@ class ModelRunner:
             self.last_step_seconds = 0.0
             return []
         g = self.graphs
+        sg = self.step_graphs
         if g is not None and g.accepts(batch.num_new_tokens):
             tokens = self._execute_graph(g, batch.seqs)
+        elif sg is not None and (t := sg.bucket(batch)) is not None:
+            tokens = self._execute_step_graph(sg, batch, t)
         else:
             tokens = self._execute_eager(batch)
         self.last_step_seconds = time.perf_counter() - t0
         return tokens
+
+    def _execute_step_graph(self, sg, batch: ScheduledBatch, t: int) -> list[int]:
+        """A small step with prefill tokens: one H2D copy, one graph replay, one D2H copy."""
+        rows, seqs = sg.load(batch, t)
+        tokens = sg.replay(t, len(rows))
+        if self.sampling:
+            self._resample(tokens, seqs, sg.logits(t), list(range(len(seqs))))
+        return tokens
+
+    def _resample(
+        self, tokens: list[int], seqs: list[Sequence], logits: torch.Tensor, rows: list[int]
+    ) -> None:
+        """Redraw, from a graph's logits, the tokens of the sequences that do not decode greedily
+        (`rows[j]` is sequence j's row of `logits`)."""
+        special = [(j, p) for j, s in enumerate(seqs) if (p := self.sampling.get(s.id)) and not p.greedy]
+        if not special:
+            return
+        sel = torch.tensor([rows[j] for j, _ in special], dtype=torch.int64, device=self.device.torch_device)
+        drawn = self.sampler.sample(
+            logits.index_select(0, sel).float(), [p for _, p in special], [seqs[j].id for j, _ in special]
+        )
+        for (j, _), tok in zip(special, drawn, strict=True):
+            tokens[j] = tok
 
     def _execute_graph(self, g, seqs: list[Sequence]) -> list[int]:
         """Decode-only step: one H2D copy, one graph replay (model, LM head, argmax), one D2H copy."""
@@ -207,14 +241,7 @@ class ModelRunner:
             tokens = [tokens[i] for i in rows]
             seqs = [seqs[i] for i in rows]
         if self.sampling:  # some requests sample: redraw their rows from the graph's logits
-            special = [(j, p) for j, s in enumerate(seqs) if (p := self.sampling.get(s.id)) and not p.greedy]
-            if special:
-                idx = [j if rows is None else rows[j] for j, _ in special]
-                sel = torch.tensor(idx, dtype=torch.int64, device=self.device.torch_device)
-                logits = g.logits(size).index_select(0, sel).float()
-                drawn = self.sampler.sample(logits, [p for _, p in special], [seqs[j].id for j, _ in special])
-                for (j, _), t in zip(special, drawn, strict=True):
-                    tokens[j] = t
+            self._resample(tokens, seqs, g.logits(size), rows if rows is not None else list(range(len(seqs))))
         return tokens
 
     def _execute_eager(self, batch: ScheduledBatch) -> list[int]:

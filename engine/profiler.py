@@ -539,6 +539,7 @@ def profile_runner(
         attention_backend=runner.backend.name,
         cuda_graphs=graphs is not None,
         graph_buckets=tuple(graphs.buckets) if graphs is not None else (),
+        step_graph_buckets=tuple(runner.step_graphs.buckets) if runner.step_graphs is not None else (),
         warmup=warmup,
         repeats=repeats,
         software=software_versions(),

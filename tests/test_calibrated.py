@@ -58,7 +58,9 @@ def even_max(s: BatchShape) -> int:
     return s.decode_max_context or -(-s.decode_context // s.num_decode)
 
 
-def true_execute(shape: BatchShape, overlapped: bool = True, triton: bool = True) -> float:
+def true_execute(
+    shape: BatchShape, overlapped: bool = True, triton: bool = True, step_buckets: tuple[int, ...] = ()
+) -> float:
     """Step seconds of the synthetic machine: a GPU with the Triton kernel (critical-path attention,
     launches overlapped with execution) by default; `triton=False, overlapped=False` is a CPU device
     running the reference attention (one call per sequence, everything on the same cores)."""
@@ -70,6 +72,9 @@ def true_execute(shape: BatchShape, overlapped: bool = True, triton: bool = True
         crit = DEC["longest"] * even_max(shape) / splits(r) if triton else 0.0
         return a + DEC["seq"] * nd + b * ctx + crit
     t = shape.num_tokens
+    graphed = bool(step_buckets) and t <= step_buckets[-1] and shape.num_seqs <= 256
+    if graphed:  # a step-graph replay: its bucket's token count, no Python launches
+        t = next(b for b in step_buckets if b >= t)
     attn = sum(n * (c + (n + 1) / 2) for n, c in shape.prefill)
     if triton:
         longest = max([even_max(shape) if nd else 0] + [c + n for n, c in shape.prefill])
@@ -83,6 +88,8 @@ def true_execute(shape: BatchShape, overlapped: bool = True, triton: bool = True
         + GPU["decode_ctx"] * ctx
         + GPU["longest"] * longest
     )
+    if graphed:
+        return gpu
     cpu = CPU["cpu_fixed"] + CPU["cpu_seq"] * shape.num_seqs
     return max(gpu, cpu) if overlapped else gpu + cpu
 
@@ -250,6 +257,20 @@ def test_serving_phase_sets_the_cpu_phases_and_joins_the_device_fit() -> None:
         assert m.parts(s)["execute"] == pytest.approx(true_execute(s), rel=1e-6), s
         assert m.stage_time(s) == pytest.approx(true_execute(s) + 3 * serving_overhead(s), rel=1e-6), s
     assert any(f"fitted to {len(steps)} iterations of the profile's serving phase" in n for n in m.notes)
+
+
+def test_step_graph_buckets_pad_tokens_and_drop_the_launch_floor() -> None:
+    sb = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
+    shapes = grid() + [BatchShape([(t, 0)]) for t in (20, 50, 100, 150, 200, 300, 400, 500)]
+    p = synthetic_profile(
+        shapes=shapes, truth=lambda s: true_execute(s, step_buckets=sb), step_graph_buckets=sb
+    )
+    m = CalibratedCostModel(profile=p)
+    for s in shapes + extra_shapes() + [BatchShape([(130, 50)], 3, 3 * 400), BatchShape([(700, 0)])]:
+        assert m.parts(s)["execute"] == pytest.approx(true_execute(s, step_buckets=sb), rel=1e-6), s
+    assert m.step_bucket(BatchShape([(130, 0)])) == 192 and m.step_bucket(BatchShape([(513, 0)])) is None
+    # The same machine without step graphs pays the launch floor on small steps.
+    assert _NOISE_FREE.parts(BatchShape([(20, 0)]))["execute"] > m.parts(BatchShape([(20, 0)]))["execute"]
 
 
 def test_split_plan_from_the_datasheet_given_or_fitted() -> None:

@@ -134,6 +134,44 @@ def test_engine_on_gpu_matches_dense_reference_with_graphs(family: str, gemv: st
         torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_step_graphs_match_eager_steps(family: str) -> None:
+    from backends.cost_model import BatchShape
+    from engine.profiler import _Synth, build_batch, release
+    from policies.kv.block_manager import BlockManager
+
+    r = _gpu_runner(family, graphs=True)
+    sg = r.step_graphs
+    assert sg is not None
+    kv = BlockManager(r.num_blocks, r.block_size, enable_prefix_caching=False)
+    synth = _Synth(r.spec.vocab_size, seed=3)
+    shapes = [
+        BatchShape([(5, 0)]),  # a short prompt in the smallest bucket
+        BatchShape([(30, 16)]),  # a chunk over a cached prefix
+        BatchShape([(3, 0), (40, 20)], 3, 3 * 50),  # chunks beside decodes
+        BatchShape([(100, 0), (1, 7)], 2, 70),  # a one-token chunk and padded tiles
+        BatchShape([(150, 300)], 4, 4 * 90),
+    ]
+    with torch.inference_mode():
+        for shape in shapes:
+            batch = build_batch(shape, kv, synth)
+            try:
+                t = sg.bucket(batch)
+                assert t is not None and t >= shape.num_tokens
+                rows, seqs = sg.load(batch, t)
+                got_tokens = sg.replay(t, len(rows))
+                got = sg.logits(t)[: len(rows)].clone()
+                inp = r.prepare(batch)
+                hidden = r.forward_hidden(inp)
+                assert inp.sample_rows == rows and [s.id for s in inp.sample_seqs] == [s.id for s in seqs]
+                want = r.model.compute_logits(hidden[torch.tensor(rows, device=hidden.device)])
+                torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+                assert got_tokens == want.argmax(dim=-1).tolist()
+                assert r.execute(batch) == got_tokens  # and the runner routes the step to the graph
+            finally:
+                release(batch, kv)
+
+
 def test_graphs_and_eager_and_torch_backend_generate_the_same() -> None:
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
