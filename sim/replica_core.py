@@ -17,7 +17,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,12 @@ class GroupPlan:
     ctx0: int
     max0: int
     kv: list[tuple[int, int]]  # per member (c, capacity): it holds at most c + j + 1 tokens at iteration j
+    # Only when every member reaches the decode phase (finish >= m): per member, its decode
+    # context at iteration i >= m is dctx[i] + i, and it reaches its last token with iteration
+    # finishes[i]. They let a run drop finished members and go on with the others (their sums
+    # and maximum are the line of the smaller group), as stepping would schedule them.
+    dctx: list[int] = field(default_factory=list)
+    finishes: list[int] = field(default_factory=list)
 
     @property
     def m(self) -> int:
@@ -79,6 +85,7 @@ class ReplicaCore:
         # decoding), so that load seen mid-run counts the iterations already done.
         self._runs: list[tuple[Seq[float], int, Seq[int]]] = []
         self.num_iterations = 0
+        self._finished_ahead = 0  # finishes inside a run, counted out of num_outstanding early
 
     # -- load, as routers see it ------------------------------------------------------
     def outstanding_work(self, now: float) -> int:
@@ -98,8 +105,22 @@ class ReplicaCore:
         one token per sequence."""
         self._runs.append((ends, len(batch.seqs), explicit_work))
 
+    def begin_run_segment(self, ends: Seq[float], n: int) -> None:
+        """A later stretch of a run: `n` sequences decoding one token each per iteration ending
+        at `ends` (the members of a micro-batch group left after some of them finished)."""
+        self._runs.append((ends, n, ()))
+
+    def finish_ahead(self, n: int) -> None:
+        """`n` sequences of a run in progress finish before the next arrival: routers that
+        count requests see them gone then, though their bookkeeping (`complete_decode_run`)
+        is applied when the run ends (`end_decode_runs` takes the count back first)."""
+        self.num_outstanding -= n
+        self._finished_ahead += n
+
     def end_decode_runs(self) -> None:
         self._runs.clear()
+        self.num_outstanding += self._finished_ahead
+        self._finished_ahead = 0
 
     @property
     def has_work(self) -> bool:
@@ -282,6 +303,8 @@ class ReplicaCore:
             ctx0 = max0 = 0
             finish = _NEVER
             kv: list[tuple[int, int]] = []
+            dctx: list[int] = []
+            fins: list[int] = []
             for s, k in zip(seqs, batch.num_new_tokens):
                 c = s.num_computed_tokens
                 o = s.num_output_tokens
@@ -295,9 +318,13 @@ class ReplicaCore:
                 if f < finish:
                     finish = f
                 kv.append((c, len(s.block_table) * bs))
+                dctx.append(c + 1)
+                fins.append(f)
             else:
-                return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv)
+                return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv, dctx, fins)
         n = len(seqs)
+        prompts = [s.request.prompt_len for s in seqs]
+        olens = [s.request.output_len for s in seqs]
         cs = [s.num_computed_tokens for s in seqs]
         outs = [s.num_output_tokens for s in seqs]
         caps = [len(s.block_table) * self.kv.block_size for s in seqs]
@@ -312,8 +339,7 @@ class ReplicaCore:
         while True:
             pure = sum(counts) == n  # counts are >= 1 here, so only all-ones can be pure
             for i in range(n if pure else 0):
-                r = seqs[i].request
-                if counts[i] != 1 or outs[i] == 0 or cs[i] + 1 != r.prompt_len + outs[i]:
+                if outs[i] == 0 or cs[i] + 1 != prompts[i] + outs[i]:
                     pure = False
                     break
             if pure:
@@ -327,8 +353,7 @@ class ReplicaCore:
                 k = counts[i]
                 c = cs[i]
                 o = outs[i]
-                r = seqs[i].request
-                num_tokens = r.prompt_len + o
+                num_tokens = prompts[i] + o
                 if k == 1 and o > 0 and c + 1 == num_tokens:  # as `shape` classifies
                     nd += 1
                     ctx += c + 1
@@ -343,7 +368,7 @@ class ReplicaCore:
                 if c == num_tokens:
                     o += 1
                     outs[i] = o
-                    if o >= r.output_len and finish == _NEVER:
+                    if o >= olens[i] and finish == _NEVER:
                         finish = j
             done += sum(counts)
             plan_counts.append(list(counts))
@@ -352,12 +377,14 @@ class ReplicaCore:
             j += 1
             if finish != _NEVER:
                 break
-            left = [seqs[i].request.prompt_len + outs[i] - cs[i] for i in range(n)]
+            left = [p + o - c for p, o, c in zip(prompts, outs, cs)]
             counts = self.scheduler.steady_counts(left)
             if 0 in counts:
                 stop = j
                 break
         ctx0 = max0 = 0
+        dctx = []
+        fins = []
         if finish == _NEVER and stop == _NEVER:  # every member decodes from iteration m = j on
             m = j
             for i in range(n):
@@ -365,14 +392,17 @@ class ReplicaCore:
                 ctx0 += c + 1
                 if c + 1 > max0:
                     max0 = c + 1
-                f = m + seqs[i].request.output_len - outs[i] - 1
+                f = m + olens[i] - outs[i] - 1
                 if f < finish:
                     finish = f
                 if c - m > k_eff[i]:
                     k_eff[i] = c - m
+                dctx.append(c + 1 - m)
+                fins.append(f)
             ctx0 -= n * m
             max0 -= m
-        return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, list(zip(k_eff, caps)))
+        return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, list(zip(k_eff, caps)),
+                         dctx, fins)
 
     def complete_decode_run(
         self, batch: ScheduledBatch, starts: Seq[float], ends: Seq[float], allocated: bool = False

@@ -298,23 +298,39 @@ class Simulation:
             stage_free[i] = t
         groups.append((batch, now, t))
         plans = [core.plan_group(g[0]) for g in groups]
-        # Per group: explicit stage times, decode line, iteration limits.
+        G = len(groups)
+        # Per segment: a group's stretch with fixed members (the groups themselves first, then
+        # what is left of a group once members finish, `split`): members, explicit stage times,
+        # decode line, iteration limits. Iterations are numbered from the group's start.
+        seg_seqs: list[list[Sequence]] = []
         lines = []
         explicit: list[list[float]] = []
         ms = []
         remaining = []
         limits = []
+        dctx: list[list[int]] = []
+        fins: list[list[int]] = []
+        end_at: list[float | None] = []  # the completion that finished members: segment over
         kv_cs: list[tuple[int, int]] = []
+        k_max = 1
         for plan in plans:
             n = len(plan.seqs)
             ga, gb, gc = self._decode_line(n)
+            seg_seqs.append(plan.seqs)
             lines.append((ga, gb, plan.ctx0, n, gc, plan.max0))
             explicit.append([0.0] + [cost.stage_time(sh) for sh in plan.shapes[1:]])
             ms.append(plan.m)
             remaining.append(plan.finish + 1)
             limits.append(plan.stop)
+            dctx.append(plan.dctx)
+            fins.append(plan.finishes)
+            end_at.append(None)
             kv_cs += plan.kv
-        k_kv = core.kv_limit(kv_cs, max(min(r, s) for r, s in zip(remaining, limits)))
+            last = max(plan.finishes) + 1 if plan.finishes else plan.finish + 1
+            k_max = max(k_max, min(last, plan.stop))
+        # Finished members only free blocks, so a limit for all members growing holds for any
+        # later segment of theirs too.
+        k_kv = core.kv_limit(kv_cs, k_max)
         limit = [min(k_kv, s) for s in limits]
         E = [[g[1]] for g in groups]
         C = [[g[2]] for g in groups]
@@ -322,10 +338,45 @@ class Simulation:
         entry_t: list[float] = []  # entry time and stage time of each later entry
         entry_st: list[float] = []
         entry_c: list[float] = []  # and its completion
-        pending = deque(range(len(groups)))
-        nxt = [1] * len(groups)  # index of each group's next iteration
+        pending = deque(range(G))
+        nxt = [1] * G  # index of each segment's next iteration
         last_c = [g[2] for g in groups]
         result: list = []  # [stop, inclusive] once the run's natural end is known
+        decode_line = self._decode_line
+
+        def split(g: int, i1: int, c0: float) -> int:
+            """Segment g's iteration i1 - 1, completing at c0, finishes some members (all are
+            decoding): stepping frees them then and schedules the others together again (nobody
+            waits: an arrival would have cut the run), one token each on their own decode line.
+            Returns the segment that goes on (-1: none left)."""
+            fg = fins[g]
+            keep = [i for i, f in enumerate(fg) if f >= i1]
+            core.finish_ahead(len(fg) - len(keep))
+            end_at[g] = c0
+            if not keep:
+                return -1
+            seqs = seg_seqs[g]
+            d = dctx[g]
+            d2 = [d[i] for i in keep]
+            f2 = [fg[i] for i in keep]
+            n2 = len(keep)
+            ga, gb, gc = decode_line(n2)
+            g2 = len(lines)
+            seg_seqs.append([seqs[i] for i in keep])
+            lines.append((ga, gb, sum(d2), n2, gc, max(d2)))
+            explicit.append([])
+            ms.append(0)
+            remaining.append(min(f2) + 1)
+            limit.append(limit[g])
+            dctx.append(d2)
+            fins.append(f2)
+            end_at.append(None)
+            E.append([])
+            C.append([])
+            nxt.append(i1)
+            last_c.append(c0)
+            core.begin_run_segment(C[g2], n2)
+            return g2
 
         def advance(horizon: float) -> bool:
             """Compute the recurrence ahead until the run's natural end (True, `result` set) or
@@ -333,11 +384,14 @@ class Simulation:
             (False): every entry and completion before `horizon` is known then, which is all a
             cut by an arrival at `horizon` needs, and no stop can come before that point, since
             the head's completion is the earliest candidate. Called again with a later horizon
-            when the arrival went elsewhere, so nothing is computed that an arrival discards."""
+            when the arrival went elsewhere, so nothing is computed that an arrival discards.
+            A completion that finishes members of a decoding group does not end the run: the
+            group goes on without them (`split`)."""
             # Hot loop: plain locals, no builtins per stage (this runs once per micro-batch iteration).
             pending_, nxt_, last_c_, sf, E_, C_ = pending, nxt, last_c, stage_free, E, C
             entry_t_, entry_st_, entry_c_ = entry_t, entry_st, entry_c
             later = range(1, pp)  # stage 0 is free at entry by construction (e >= sf[0])
+            two = pp == 2  # the common layout, without the loop
             left = 200_000 - len(entry_t_)  # entries per run at most, to bound memory
             multi = len(pending_) > 1
             inclusive = False
@@ -348,8 +402,18 @@ class Simulation:
                     return False
                 i1 = nxt_[g]
                 if i1 >= remaining[g]:
-                    stop, inclusive = c0, True  # that completion finishes a sequence
-                    break
+                    if not fins[g]:
+                        stop, inclusive = c0, True  # that completion finishes a sequence
+                        break
+                    g = split(g, i1, c0)
+                    if g < 0:  # the whole group finished
+                        pending_.popleft()
+                        if not pending_:
+                            stop, inclusive = c0, True
+                            break
+                        multi = len(pending_) > 1
+                        continue
+                    pending_[0] = g
                 e = sf[0] if sf[0] > c0 else c0
                 if multi and last_c_[pending_[1]] <= e:
                     stop = e  # stepping would schedule two completed micro-batches as one
@@ -366,12 +430,19 @@ class Simulation:
                         st = st + gc * (gmax + i1)
                 t = e + st
                 sf[0] = t
-                for j in later:
-                    f = sf[j]
+                if two:
+                    f = sf[1]
                     if f > t:
                         t = f
                     t += st
-                    sf[j] = t
+                    sf[1] = t
+                else:
+                    for j in later:
+                        f = sf[j]
+                        if f > t:
+                            t = f
+                        t += st
+                        sf[j] = t
                 E_[g].append(e)
                 C_[g].append(t)
                 last_c_[g] = t
@@ -401,47 +472,89 @@ class Simulation:
         t = env.now
         inclusive = bool(result) and result[1] and t >= result[0]  # else cut short by an arrival
         core.end_decode_runs()
-        # Rebuild: iterations completed by t are committed; an iteration entered before t (the
-        # first one of every group always was) and not completed is in flight.
         cut = bisect_right if inclusive else bisect_left
-        done = [cut(c, t) for c in C]  # iterations completed, per group
-        # KV first, for every iteration entered before t (completed or in flight), before any
-        # finish frees blocks: in a run blocks are only taken until its last moment, so the
-        # peak that stepping would record is reached here too.
-        allocate = core.kv.allocate
-        for g, plan in enumerate(plans):
-            k = done[g]
-            last = k if k < len(C[g]) and (k == 0 or E[g][k] < t) else k - 1  # last iteration entered
-            if last < 1:
-                continue  # iteration 0 got its blocks when it was scheduled
-            m = plan.m
-            if m:
-                rows = plan.counts[: min(last + 1, m)]
-                extra = last + 1 - m if last >= m else 0
-                needs = [sum(col) + extra for col in zip(*rows)]
-            else:  # pure decodes: one token per iteration each
-                needs = [last + 1] * len(plan.seqs)
-            for s, need in zip(plan.seqs, needs):
-                if not allocate(s, need):
-                    raise AssertionError(f"replica {core.id}: pipelined run exceeded its KV plan "
-                                         f"(sequence {s.id})")
-        for g, (gbatch, _, _) in enumerate(groups):
-            plan = plans[g]
-            seqs = plan.seqs
+        # Rebuild: iterations completed by t are committed; an iteration entered before t (the
+        # first one of every group always was) and not completed is in flight. Segments that
+        # ended (members finished) are committed in the order of their ends, each after the
+        # blocks of every iteration entered before that end are taken: stepping allocates at
+        # entry and frees at a finish, so the peak it records is reached at one of these
+        # points (or at t). In a run blocks are only taken between finishes.
+        allocate_each = core.kv.allocate_each
+        reserved = [0] * len(E)  # iterations whose blocks are taken, per segment
+
+        def reserve(g: int, x: float) -> None:
+            """Blocks for segment g's iterations entered before x (allocation is idempotent:
+            room for computed + n tokens)."""
+            last = bisect_left(E[g], x) - 1  # last iteration entered before x
+            if last < reserved[g]:
+                return
+            reserved[g] = last + 1
+            if g < G:
+                if last < 1:
+                    return  # iteration 0 got its blocks when it was scheduled
+                plan = plans[g]
+                m = plan.m
+                if m:
+                    rows = plan.counts[: min(last + 1, m)]
+                    extra = last + 1 - m if last >= m else 0
+                    needs = [sum(col) + extra for col in zip(*rows)]
+                else:  # pure decodes: one token per iteration each
+                    needs = [last + 1] * len(plan.seqs)
+            else:  # a later segment: its members' state is the one its predecessor left
+                if last < 0:
+                    return
+                needs = [last + 1] * len(seg_seqs[g])
+            short = allocate_each(seg_seqs[g], needs)
+            if short is not None:
+                raise AssertionError(f"replica {core.id}: pipelined run exceeded its KV plan "
+                                     f"(sequence {short.id})")
+
+        def commit(g: int, k: int) -> tuple[ScheduledBatch, int]:
+            """Apply segment g's first k iterations; returns its decode batch and explicit count."""
+            seqs = seg_seqs[g]
             for s in seqs:
                 s.in_flight = False
             c = C[g]
             e_g = E[g]
-            k = done[g]
-            m = plan.m
-            for j in range(min(k, m)):  # explicit iterations, one by one
-                core.complete(_iteration_batch(gbatch, plan, j), e_g[j], c[j])
-            dec = gbatch if m == 0 else _iteration_batch(gbatch, plan, m)
+            if g < G:
+                plan = plans[g]
+                gbatch = groups[g][0]
+                m = plan.m
+                for j in range(min(k, m)):  # explicit iterations, one by one
+                    core.complete(_iteration_batch(gbatch, plan, j), e_g[j], c[j])
+                dec = gbatch if m == 0 else _iteration_batch(gbatch, plan, m)
+            else:
+                m = 0
+                dec = ScheduledBatch(list(seqs), [1] * len(seqs))
             if k > m:
                 core.complete_decode_run(dec, e_g[m:k], c[m:k], allocated=True)
-            if k < len(c) and (k == 0 or e_g[k] < t):
-                mb_batch = dec if k >= m else _iteration_batch(gbatch, plan, k)
-                track(mb_batch, e_g[k], c[k], k >= m or not plan.shapes[k].prefill)
+            return dec, m
+
+        nseg = len(E)
+        open_ = [True] * nseg
+        if nseg > G or any(x is not None for x in end_at):
+            for x, g in sorted((x, g) for g, x in enumerate(end_at) if x is not None):
+                for h in range(nseg):
+                    if open_[h]:
+                        reserve(h, x)
+                commit(g, len(C[g]))
+                open_[g] = False
+        for g in range(nseg):
+            if open_[g]:
+                reserve(g, t)
+        for g in range(nseg):
+            if not open_[g]:
+                continue
+            c = C[g]
+            e_g = E[g]
+            k = cut(c, t)
+            dec, m = commit(g, k)
+            if k < len(c) and ((k == 0 and g < G) or e_g[k] < t):
+                if k >= m:
+                    track(dec, e_g[k], c[k], True)
+                else:
+                    track(_iteration_batch(groups[g][0], plans[g], k), e_g[k], c[k],
+                          not plans[g].shapes[k].prefill)
         # Stage free times as they were after the last entry before t. Each entry leaves every
         # stage free at the moment it leaves that stage, so with two stages they are its entry
         # plus its stage time and its completion; with more, the recurrence is replayed.

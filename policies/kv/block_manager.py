@@ -118,6 +118,29 @@ class BlockManager:
             self.stats.peak_used_blocks = used
         return True
 
+    def allocate_each(self, seqs: list[Sequence], num_new_tokens: list[int]) -> Sequence | None:
+        """`allocate(seq, n)` for each pair in order (no cached blocks), checking room inline so
+        that the common case (room already) costs no call. Returns the first sequence that
+        did not get its room (None: all did); those before it keep theirs."""
+        bs = self.block_size
+        clean = self._clean
+        cached_free = self._cached_free
+        take = self._take
+        short = None
+        for seq, n in zip(seqs, num_new_tokens):
+            table = seq.block_table
+            need = -(-(seq.num_computed_tokens + n) // bs) - len(table)
+            if need > 0:
+                if need > len(clean) + len(cached_free):
+                    short = seq
+                    break
+                take(table, need)
+        # Blocks are only taken here, so the last count is the highest one.
+        used = self.num_blocks - len(clean) - len(cached_free)
+        if used > self.stats.peak_used_blocks:
+            self.stats.peak_used_blocks = used
+        return short
+
     def note_query(self, seq: Sequence) -> None:
         """Count a prompt's tokens as looked up, once per admission (for the hit rate)."""
         if self.enable_prefix_caching:
@@ -181,10 +204,22 @@ class BlockManager:
         Tail blocks are freed first so they are evicted before the shared prefix, as vLLM does.
         """
         rc = self.ref_count
+        table = seq.block_table
+        if not self.enable_prefix_caching:
+            # No sharing without the cache: every block is held once and has no hash, so all
+            # go to the clean list (same order as below); the check only guards the invariant.
+            if list(map(rc.__getitem__, table)).count(1) != len(table):
+                raise AssertionError(f"sequence {seq.id}: freeing a block whose ref count is not 1")
+            for b in table:
+                rc[b] = 0
+            self._clean.extend(reversed(table))
+            seq.block_table = []
+            seq.num_published_blocks = 0
+            return
         bh = self.block_hash
         clean = self._clean
         cached_free = self._cached_free
-        for b in reversed(seq.block_table):
+        for b in reversed(table):
             c = rc[b] - 1
             rc[b] = c
             if c == 0:
