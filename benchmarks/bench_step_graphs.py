@@ -30,7 +30,7 @@ SHAPES = (
     BatchShape([(100, 0)], 8, 8 * 1000),
     BatchShape([(256, 2048)], 16, 16 * 1500),
     BatchShape([(500, 0)], 32, 32 * 800),
-    BatchShape([(1000, 0)], 8, 8 * 800),  # past the largest bucket: eager either way
+    BatchShape([(1000, 0)], 8, 8 * 800),  # past the largest bucket (512 tokens by default): eager
 )
 
 

@@ -1,12 +1,12 @@
-"""CUDA graphs for small steps that carry prefill tokens, one per bucketed token count.
+"""CUDA graphs for steps that carry prefill tokens, one per bucketed token count.
 
 An eager step launches a few hundred kernels from Python (cuBLAS GEMMs, Triton norms, rotary and
 attention); on the H200 hosts we measured, that costs 10 to 25 ms of CPU whatever the step's size,
-more than the GPU needs for the whole step below roughly 500 tokens, and its length moves with the
-host's CPU state. A captured graph replays the same work for well under a millisecond of CPU, so
-small prefill and chunked-prefill steps become device-bound like decode steps (vLLM V1 captures
-such graphs piecewise around attention; here the paged attention launch itself is captured,
-because its grid can be padded).
+more than the GPU needs for the whole step below roughly 500 to 1,000 tokens, and its length moves
+with the host's CPU state (after a wait on the device it is slower). A captured graph replays the
+same work for well under a millisecond of CPU, so prefill and chunked-prefill steps become
+device-bound like decode steps (vLLM V1 captures such graphs piecewise around attention; here the
+paged attention launch itself is captured, because its grid can be padded).
 
 A step of T new tokens over S sequences runs in the smallest bucket >= T. Every input lives in
 one packed int32 device buffer filled by one host-to-device copy: token ids, positions and KV
@@ -32,11 +32,12 @@ from policies.sequence import Sequence
 
 
 def step_buckets(max_tokens: int) -> list[int]:
-    """16, 32, 64, 128, then steps of 64 up to and including max_tokens' bucket: padding a step costs
-    device time once GEMMs are compute-bound, so buckets are fine where steps are large."""
+    """16, 32, 64, 128, then steps of 64 up to 512 and of 128 beyond, up to and including
+    max_tokens' bucket: padding a step costs device time once GEMMs are compute-bound (past a few
+    hundred tokens), so buckets are fine there; at most 128 padded tokens is ~3 ms on an H200."""
     sizes = [16, 32, 64, 128]
     while sizes[-1] < max_tokens:
-        sizes.append(sizes[-1] + 64)
+        sizes.append(sizes[-1] + (64 if sizes[-1] < 512 else 128))
     return [s for s in sizes if s < max_tokens] + [next(s for s in sizes if s >= max_tokens)]
 
 

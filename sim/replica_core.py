@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
+from operator import sub
 
 import numpy as np
 
@@ -323,11 +324,19 @@ class ReplicaCore:
             else:
                 return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv, dctx, fins)
         n = len(seqs)
-        prompts = [s.request.prompt_len for s in seqs]
-        olens = [s.request.output_len for s in seqs]
-        cs = [s.num_computed_tokens for s in seqs]
-        outs = [s.num_output_tokens for s in seqs]
-        caps = [len(s.block_table) * self.kv.block_size for s in seqs]
+        nts: list[int] = []  # per member: prompt + outputs so far (its token count)
+        olens: list[int] = []
+        cs: list[int] = []
+        outs: list[int] = []
+        caps: list[int] = []
+        for s in seqs:
+            r = s.request
+            o = s.num_output_tokens
+            nts.append(r.prompt_len + o)
+            olens.append(r.output_len)
+            cs.append(s.num_computed_tokens)
+            outs.append(o)
+            caps.append(len(s.block_table) * bs)
         k_eff = list(cs)  # per member: c such that it holds at most c + j + 1 tokens at iteration j
         counts = batch.num_new_tokens
         plan_counts: list[list[int]] = []
@@ -336,29 +345,31 @@ class ReplicaCore:
         finish = stop = _NEVER
         j = 0
         done = 0
+        steady_counts = self.scheduler.steady_counts
+        members = range(n)
         while True:
-            pure = sum(counts) == n  # counts are >= 1 here, so only all-ones can be pure
-            for i in range(n if pure else 0):
-                if outs[i] == 0 or cs[i] + 1 != prompts[i] + outs[i]:
-                    pure = False
+            tokens = sum(counts)
+            if tokens == n:  # counts are >= 1 here, so only all-ones can be pure
+                for i in members:
+                    if outs[i] == 0 or cs[i] + 1 != nts[i]:
+                        break
+                else:
                     break
-            if pure:
-                break
             if j >= max_explicit:
                 stop = j
                 break
             prefill: list[tuple[int, int]] = []
             nd = ctx = mx = 0
-            for i in range(n):
+            left: list[int] = []
+            for i in members:
                 k = counts[i]
                 c = cs[i]
-                o = outs[i]
-                num_tokens = prompts[i] + o
-                if k == 1 and o > 0 and c + 1 == num_tokens:  # as `shape` classifies
+                num_tokens = nts[i]
+                if k == 1 and c + 1 == num_tokens and outs[i] > 0:  # as `shape` classifies
                     nd += 1
-                    ctx += c + 1
+                    ctx += num_tokens
                     if c >= mx:
-                        mx = c + 1
+                        mx = num_tokens
                 else:
                     prefill.append((k, c))
                 c += k
@@ -366,19 +377,21 @@ class ReplicaCore:
                 if c - j - 1 > k_eff[i]:
                     k_eff[i] = c - j - 1
                 if c == num_tokens:
-                    o += 1
+                    o = outs[i] + 1
                     outs[i] = o
+                    num_tokens += 1
+                    nts[i] = num_tokens
                     if o >= olens[i] and finish == _NEVER:
                         finish = j
-            done += sum(counts)
+                left.append(num_tokens - c)
+            done += tokens
             plan_counts.append(list(counts))
             shapes.append(BatchShape(prefill, nd, ctx, mx))
             work.append(done)
             j += 1
             if finish != _NEVER:
                 break
-            left = [p + o - c for p, o, c in zip(prompts, outs, cs)]
-            counts = self.scheduler.steady_counts(left)
+            counts = steady_counts(left)
             if 0 in counts:
                 stop = j
                 break
@@ -387,7 +400,7 @@ class ReplicaCore:
         fins = []
         if finish == _NEVER and stop == _NEVER:  # every member decodes from iteration m = j on
             m = j
-            for i in range(n):
+            for i in members:
                 c = cs[i]
                 ctx0 += c + 1
                 if c + 1 > max0:
@@ -423,7 +436,7 @@ class ReplicaCore:
             if isinstance(ends, np.ndarray):
                 itl.add_many(np.diff(ends), B)
             else:
-                itl.add_many([ends[i + 1] - ends[i] for i in range(k - 1)], B)
+                itl.add_many(list(map(sub, ends[1:], ends)), B)  # ends[i + 1] - ends[i]
         finished = []
         allocate = kv.allocate if k > 1 and not allocated else None
         for s in seqs:

@@ -67,6 +67,7 @@ def _batches(draw):
 
 def test_buckets() -> None:
     assert step_buckets(512) == [16, 32, 64, 128, 192, 256, 320, 384, 448, 512]
+    assert step_buckets(2048)[9:] == [512 + 128 * k for k in range(13)]
     assert step_buckets(100) == [16, 32, 64, 128]
     assert step_buckets(16) == [16]
 

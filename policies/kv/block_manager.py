@@ -127,10 +127,18 @@ class BlockManager:
         cached_free = self._cached_free
         take = self._take
         short = None
+        rc = self.ref_count
         for seq, n in zip(seqs, num_new_tokens):
             table = seq.block_table
             need = -(-(seq.num_computed_tokens + n) // bs) - len(table)
             if need > 0:
+                if need <= len(clean):  # `_take` inline for its common case: clean blocks only
+                    new = clean[-need:]
+                    del clean[-need:]
+                    for b in new:
+                        rc[b] = 1
+                    table.extend(new)
+                    continue
                 if need > len(clean) + len(cached_free):
                     short = seq
                     break
