@@ -274,6 +274,7 @@ class LLMEngine:
             "dtype": str(runner.dtype).removeprefix("torch."),
             "attention_backend": runner.backend.name,
             "cuda_graphs": runner.graphs is not None,
+            "step_graph_buckets": list(runner.step_graphs.buckets) if runner.step_graphs is not None else [],
             "layout": {"tp": 1, "pp": 1, "replicas": 1},
             "num_kv_blocks": runner.num_blocks,
             "kv_plan": runner.kv_plan.reason,
