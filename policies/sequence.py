@@ -104,25 +104,34 @@ class Sequence:
             return None
         tb = req.hash_block_tokens
         ids = req.prefix_hashes
-        while len(h) <= i:
-            j = len(h)
+        nids = len(ids) if ids else 0
+        plen = req.prompt_len
+        rid = req.id
+        append = h.append
+        for j in range(len(h), i + 1):
             e = (j + 1) * block_size
             k = (e - 1) // tb if tb else 0
-            if ids and e <= req.prompt_len and k < len(ids):
-                h.append(hash((ids[k], j * block_size - k * tb, block_size)))
+            if nids and e <= plen and k < nids:
+                append(hash((ids[k], j * block_size - k * tb, block_size)))
             else:
                 # Content only this request has (its own prompt tail, its generated tokens):
                 # reusable by itself after a preemption and by nobody else, as the engine's
                 # hashes of a synthesized prompt's random tokens are.
-                h.append(hash(("request", req.id, j)))
+                append(hash(("request", rid, j)))
         return h[i]
 
     def block_hashes(self, n: int, block_size: int) -> list[int]:
         """Hashes of the first n full blocks, fewer if content runs out (memoized)."""
+        return self.known_block_hashes(n, block_size)[:n]
+
+    def known_block_hashes(self, n: int, block_size: int) -> list[int]:
+        """The memo itself, extended to the first n full blocks where content allows; it may hold
+        more than n. Read only: it saves the copy `block_hashes` makes, for callers that walk
+        a prefix of it (a waiting sequence is looked up at every iteration)."""
         h = self._hashes
         if len(h) < n and (not h or self.block_hash(len(h), block_size) is not None):
             self.block_hash(n - 1, block_size)
-        return h[:n]
+        return h
 
     def __repr__(self) -> str:
         return (

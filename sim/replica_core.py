@@ -179,25 +179,29 @@ class ReplicaCore:
         """Apply an executed iteration. `tokens` (engine) holds one sampled id per sequence
         that reached its last token, in batch order; the simulator passes None."""
         kv = self.kv
+        seqs = batch.seqs
+        counts = batch.num_new_tokens
+        recording = self.recorder.record_iterations
+        if recording:  # the iteration record's split, as `shape` classifies (state before the step)
+            n_prefill = prefill_tokens = decode_tokens = 0
+            for seq, n in zip(seqs, counts):
+                if n == 1 and seq.num_output_tokens > 0 and seq.num_computed_tokens + 1 == seq.num_tokens:
+                    decode_tokens += 1
+                else:
+                    n_prefill += 1
+                    prefill_tokens += n
         gaps: list[float] = []  # inter-token latencies, added to the histogram in one call
         finished: list[Sequence] = []
-        n_prefill = prefill_tokens = decode_tokens = 0
         t = 0
         caching = kv.enable_prefix_caching
         bs = kv.block_size
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            out = seq.num_output_tokens
-            num_tokens = seq.request.prompt_len + out
+        for seq, n in zip(seqs, counts):
             computed = seq.num_computed_tokens + n
-            if n == 1 and out > 0 and computed == num_tokens:
-                decode_tokens += 1
-            else:
-                n_prefill += 1
-                prefill_tokens += n
             seq.num_computed_tokens = computed
             if caching and computed // bs > seq.num_published_blocks:  # a block was filled
                 kv.cache_blocks(seq)
-            if computed < num_tokens:
+            out = seq.num_output_tokens
+            if computed < seq.request.prompt_len + out:
                 continue  # a prefill chunk that has not reached the end of the prompt yet
             out += 1
             seq.num_output_tokens = out
@@ -215,7 +219,7 @@ class ReplicaCore:
             seq.last_token = end
             if stop or out >= seq.request.output_len:
                 finished.append(seq)
-        self._work_done += prefill_tokens + decode_tokens
+        self._work_done += sum(counts)
         if gaps:
             self.recorder.itl.add_ones(gaps)
         if tokens is not None and t != len(tokens):
@@ -223,7 +227,7 @@ class ReplicaCore:
         for seq in finished:
             self._finish(seq, end)
         self.num_iterations += 1
-        if self.recorder.record_iterations:
+        if recording:
             self.recorder.iteration(
                 (
                     self.id, start, end, 1, end - start, end - start, len(batch.seqs), n_prefill,
@@ -323,6 +327,12 @@ class ReplicaCore:
                 fins.append(f)
             else:
                 return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv, dctx, fins)
+        # Members are followed one by one only while they compute more than their last sampled
+        # token (`pf`); a member that decodes stays a decoder until the plan ends (nothing else
+        # happens to it with nobody waiting), so decoders are kept as aggregates: per iteration
+        # each adds one token to its context, which moves their sum by their count and their
+        # maximum by one. Member i's cs/outs/nts are its state before iteration since[i] (the
+        # current one for members of pf).
         n = len(seqs)
         nts: list[int] = []  # per member: prompt + outputs so far (its token count)
         olens: list[int] = []
@@ -339,6 +349,24 @@ class ReplicaCore:
             caps.append(len(s.block_table) * bs)
         k_eff = list(cs)  # per member: c such that it holds at most c + j + 1 tokens at iteration j
         counts = batch.num_new_tokens
+        since = [0] * n  # -1 while a member is in pf
+        pf: list[int] = []
+        nd_d = ctx_d = mx_d = 0  # decoders: count, sum and maximum of their token counts now
+        fin_d = _NEVER  # the first iteration in which a decoder reaches its last token
+        for i in range(n):
+            nt = nts[i]
+            if counts[i] == 1 and cs[i] + 1 == nt and outs[i] > 0:
+                nd_d += 1
+                ctx_d += nt
+                if nt > mx_d:
+                    mx_d = nt
+                f = olens[i] - outs[i] - 1
+                if f < fin_d:
+                    fin_d = f
+            else:
+                pf.append(i)
+                since[i] = -1
+        left = [1] * n
         plan_counts: list[list[int]] = []
         shapes: list[BatchShape] = []
         work: list[int] = []
@@ -346,11 +374,16 @@ class ReplicaCore:
         j = 0
         done = 0
         steady_counts = self.scheduler.steady_counts
-        members = range(n)
         while True:
             tokens = sum(counts)
+            ptok = 0
+            for i in pf:
+                ptok += counts[i]
+            if tokens - ptok != nd_d:  # counts are >= 1 here, so this says each decoder gets 1
+                raise ValueError(f"replica {self.id}: scheduler {self.scheduler.name!r} gave a decoding "
+                                 f"sequence more than one token in a steady batch: {counts}")
             if tokens == n:  # counts are >= 1 here, so only all-ones can be pure
-                for i in members:
+                for i in pf:
                     if outs[i] == 0 or cs[i] + 1 != nts[i]:
                         break
                 else:
@@ -359,9 +392,11 @@ class ReplicaCore:
                 stop = j
                 break
             prefill: list[tuple[int, int]] = []
-            nd = ctx = mx = 0
-            left: list[int] = []
-            for i in members:
+            nd = nd_d
+            ctx = ctx_d
+            mx = mx_d
+            joined: list[int] = []
+            for i in pf:
                 k = counts[i]
                 c = cs[i]
                 num_tokens = nts[i]
@@ -381,9 +416,14 @@ class ReplicaCore:
                     outs[i] = o
                     num_tokens += 1
                     nts[i] = num_tokens
-                    if o >= olens[i] and finish == _NEVER:
-                        finish = j
-                left.append(num_tokens - c)
+                    if o >= olens[i]:
+                        if finish == _NEVER:
+                            finish = j
+                    else:
+                        joined.append(i)
+                left[i] = num_tokens - c
+            if fin_d == j and finish == _NEVER:
+                finish = j
             done += tokens
             plan_counts.append(list(counts))
             shapes.append(BatchShape(prefill, nd, ctx, mx))
@@ -391,7 +431,22 @@ class ReplicaCore:
             j += 1
             if finish != _NEVER:
                 break
-            counts = steady_counts(left)
+            if nd_d:
+                ctx_d += nd_d
+                mx_d += 1
+            if joined:  # members that sampled their first token decode from iteration j on
+                for i in joined:
+                    pf.remove(i)
+                    since[i] = j
+                    nt = nts[i]
+                    nd_d += 1
+                    ctx_d += nt
+                    if nt > mx_d:
+                        mx_d = nt
+                    f = j + olens[i] - outs[i] - 1
+                    if f < fin_d:
+                        fin_d = f
+            counts = steady_counts(list(left))
             if 0 in counts:
                 stop = j
                 break
@@ -400,12 +455,13 @@ class ReplicaCore:
         fins = []
         if finish == _NEVER and stop == _NEVER:  # every member decodes from iteration m = j on
             m = j
-            for i in members:
-                c = cs[i]
+            for i in range(n):
+                d = m - since[i] if since[i] >= 0 else 0  # iterations decoded since its state
+                c = cs[i] + d
                 ctx0 += c + 1
                 if c + 1 > max0:
                     max0 = c + 1
-                f = m + olens[i] - outs[i] - 1
+                f = m + olens[i] - outs[i] - d - 1
                 if f < finish:
                     finish = f
                 if c - m > k_eff[i]:

@@ -193,18 +193,33 @@ class Simulation:
         B = len(batch.seqs)
         a, b, c = self._decode_line(B)
         ctx0 = sum(s.num_computed_tokens + 1 for s in batch.seqs)
-        steps = np.arange(k, dtype=np.float64)
-        durations = a + b * (ctx0 + B * steps)
-        if c:  # the longest context grows by one token per iteration
-            durations = durations + c * (max(s.num_computed_tokens for s in batch.seqs) + 1 + steps)
-        ends = start + np.cumsum(durations)
-        starts = np.concatenate(([start], ends[:-1]))
+        mx1 = max(s.num_computed_tokens for s in batch.seqs) + 1 if c else 0
+        if k <= _SHORT_RUN:
+            # Plain floats for short runs (most of them: an arrival comes soon), where numpy's
+            # per-call cost dominates; the same operations in the same order as below (numpy's
+            # cumsum adds one element at a time), so the same values to the last bit.
+            ends: list[float] | np.ndarray = []
+            acc = 0.0
+            for i in range(k):
+                d = a + b * float(ctx0 + B * i)
+                if c:  # the longest context grows by one token per iteration
+                    d = d + c * float(mx1 + i)
+                acc += d
+                ends.append(start + acc)
+            starts = [start, *ends[:-1]]
+        else:
+            steps = np.arange(k, dtype=np.float64)
+            durations = a + b * (ctx0 + B * steps)
+            if c:  # the longest context grows by one token per iteration
+                durations = durations + c * (mx1 + steps)
+            ends = start + np.cumsum(durations)
+            starts = np.concatenate(([start], ends[:-1]))
         core.begin_decode_run(batch, ends)
         arrived = yield self._wait_for_arrival(core, float(ends[-1]) - start)
         core.on_arrival = None
         if arrived and env.now < ends[-1]:
             # Iterations ending at or before now are done; the one in progress completes.
-            j = int(np.searchsorted(ends, env.now, side="left"))
+            j = bisect_left(ends, env.now)
             k = j + 1
             if ends[j] > env.now:
                 yield env.timeout(float(ends[j]) - env.now)
@@ -620,6 +635,9 @@ class Simulation:
                 "peak_used_blocks": max(c.kv.stats.peak_used_blocks for c in self.replicas),
             },
         }
+
+
+_SHORT_RUN = 64  # decode runs up to this many iterations are computed in plain floats
 
 
 class _MicroBatch:

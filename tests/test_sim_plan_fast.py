@@ -19,22 +19,26 @@ from sim.replica_core import _NEVER, ReplicaCore
 from sim.results import RunRecorder
 from traces.schema import Request
 
-# (prompt, output, outputs done, tokens computed) per member; computed <= prompt + done - 1
-# when decoding (done > 0), else a prefill that has `computed` of `prompt` tokens.
-member = st.tuples(st.integers(1, 700), st.integers(1, 40), st.integers(0, 39), st.integers(0, 699)).map(
-    lambda t: (t[0], t[1], min(t[2], t[1] - 1), t[3])
-)
+# (prompt, output, outputs done, tokens computed, recomputing) per member: decoding (done > 0,
+# computed = prompt + done - 1), recomputing after a preemption (done > 0, `computed` of its
+# prompt + done tokens back), or a prefill that has `computed` of `prompt` tokens.
+member = st.tuples(
+    st.integers(1, 700), st.integers(1, 40), st.integers(0, 39), st.integers(0, 699), st.booleans()
+).map(lambda t: (t[0], t[1], min(t[2], t[1] - 1), t[3], t[4]))
 
 
-def _make_group(members: list[tuple[int, int, int, int]], budget: int):
+def _make_group(members: list[tuple[int, int, int, int, bool]], budget: int):
     kv = BlockManager(10_000, 16)
     sched = FCFSScheduler(SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=256))
     core = ReplicaCore(0, sched, kv, RunRecorder(len(members)))
     seqs = []
-    for i, (p, o, done, c) in enumerate(members):
+    for i, (p, o, done, c, recomputing) in enumerate(members):
         s = Sequence(Request(i, 0.0, p, o))
         s.num_output_tokens = done
-        s.num_computed_tokens = p + done - 1 if done else min(c, p - 1)
+        if done:
+            s.num_computed_tokens = min(c, p + done - 1) if recomputing else p + done - 1
+        else:
+            s.num_computed_tokens = min(c, p - 1)
         seqs.append(s)
     counts = sched.steady_counts([s.num_uncomputed for s in seqs])
     for s, k in zip(seqs, counts):
@@ -82,8 +86,10 @@ def _step_reference(core: ReplicaCore, seqs: list[Sequence], counts: list[int], 
 @given(st.lists(member, min_size=1, max_size=10), st.integers(8, 600), st.integers(1, 6))
 def test_plan_group_equals_stepping(members, budget, max_explicit):
     core, seqs, counts = _make_group(members, budget)
-    if 0 in counts:
-        return  # the scheduler would not schedule them together: no group to plan
+    if 0 in counts:  # the scheduler leaves those from the first 0 on out: the group is the rest
+        seqs, counts = seqs[: counts.index(0)], counts[: counts.index(0)]
+        if not seqs:
+            return
     before = [(s.num_computed_tokens, s.num_output_tokens, list(s.block_table)) for s in seqs]
     plan = core.plan_group(ScheduledBatch(list(seqs), list(counts)), max_explicit=max_explicit)
     assert [(s.num_computed_tokens, s.num_output_tokens, s.block_table) for s in seqs] == before
@@ -97,15 +103,20 @@ def test_plan_group_equals_stepping(members, budget, max_explicit):
         assert plan.finishes == [m + s.request.output_len - s.num_output_tokens - 1 for s in after]
         assert plan.finish == min(plan.finishes)
         assert plan.ctx0 == sum(plan.dctx) and plan.max0 == max(plan.dctx)
-    # KV bound: at iteration j a member holds at most c + j + 1 tokens.
+    # KV bound: at iteration j a member holds at most c + j + 1 tokens, and c is the least such
+    # value (a larger one would stop runs on KV earlier than needed).
     for i, (s, (c, cap)) in enumerate(zip(seqs, plan.kv)):
         assert cap == len(s.block_table) * 16
         held = s.num_computed_tokens
+        least = held
         for j, row in enumerate(rows):
             held += row[i]
             assert held <= c + j + 1
+            least = max(least, held - j - 1)
         if plan.dctx:
             assert after[i].num_computed_tokens + 1 <= c + m + 1  # first decode iteration
+            least = max(least, after[i].num_computed_tokens - m)
+        assert c == least
 
 
 @settings(max_examples=200, deadline=None)

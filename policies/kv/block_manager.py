@@ -14,7 +14,10 @@ simulation fast.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter
 
 from policies.sequence import Sequence
 
@@ -25,6 +28,14 @@ class KVStats:
     hit_tokens: int = 0  # of which found cached
     evictions: int = 0  # cached blocks whose content was dropped to make room
     peak_used_blocks: int = 0
+
+
+def _hits(get: Callable[[int], int | None], hashes: list[int], start: int, stop: int) -> list[int]:
+    """The blocks `get` maps hashes[start:stop] to, up to the first miss: `iter` with a sentinel
+    ends at the first None (or the end), at C speed and without looking up the hashes past it,
+    which costs more than the call per element it adds (the map is large: memory-bound)."""
+    found = map(get, islice(hashes, start, stop) if start or stop < len(hashes) else hashes)
+    return list(iter(found.__next__, None))
 
 
 class BlockManager:
@@ -44,6 +55,12 @@ class BlockManager:
         self._cached_free: OrderedDict[int, None] = OrderedDict()
         self._hash_to_block: dict[int, int] = {}
         self.stats = KVStats()
+        # `lookup`'s memo of its last sequence: its hits (blocks), as a set too, and the number
+        # of leading blocks it was asked for. Evicting any of those blocks drops it.
+        self._memo_seq: Sequence | None = None
+        self._memo_n = 0
+        self._memo_got: list[int] = []
+        self._memo_blocks: set[int] = set()
 
     # -- queries -----------------------------------------------------------------------
     @property
@@ -66,11 +83,27 @@ class BlockManager:
         bs = self.block_size
         max_blocks = (seq.num_tokens - 1) // bs
         # A waiting sequence is looked up at every iteration until admitted, so the walk runs
-        # at C speed over memoized hashes.
-        got = list(map(self._hash_to_block.get, seq.block_hashes(max_blocks, bs)))
-        if None in got:
-            del got[got.index(None) :]
-        return got
+        # at C speed over memoized hashes and stops at the first miss (`_hits`).
+        hashes = seq.known_block_hashes(max_blocks, bs)
+        stop = min(max_blocks, len(hashes))
+        if seq is self._memo_seq and max_blocks == self._memo_n:
+            # Looked up before (the head of a queue blocked on KV, at every iteration): the hits
+            # found then still hold, since a hash is only unmapped by evicting its block, which
+            # drops this memo (`_take`), and a mapped hash never moves. Entries published since
+            # may extend the run of hits from its first miss on.
+            got = self._memo_got
+            if len(got) < stop:
+                ext = _hits(self._hash_to_block.get, hashes, len(got), stop)
+                if ext:
+                    got += ext
+                    self._memo_blocks.update(ext)
+            return list(got)
+        got = _hits(self._hash_to_block.get, hashes, 0, stop)
+        self._memo_seq = seq
+        self._memo_n = max_blocks
+        self._memo_got = got
+        self._memo_blocks = set(got)
+        return list(got)
 
     # -- mutations ---------------------------------------------------------------------
     def allocate(self, seq: Sequence, num_new_tokens: int, cached: list[int] | None = None) -> bool:
@@ -92,16 +125,16 @@ class BlockManager:
                 self.stats.peak_used_blocks = used
             return True
         # Cached blocks nobody references sit in the free pool; taking them costs free blocks.
-        taken_from_free = 0
-        if cached:
-            rc = self.ref_count
-            taken_from_free = list(map(rc.__getitem__, cached)).count(0)
         total = seq.num_computed_tokens + len(cached) * bs + num_new_tokens
         need = max(0, -(-total // bs) - len(seq.block_table) - len(cached))
-        if need + taken_from_free > self.num_free_blocks:
+        free = self.num_free_blocks
+        if need > free:  # no room even before counting the cached blocks (a queue head blocked on KV)
+            return False
+        rc = self.ref_count
+        unheld = (rc[cached[0]] == 0) if len(cached) == 1 else itemgetter(*cached)(rc).count(0)
+        if need + unheld > free:
             return False
         if cached:
-            rc = self.ref_count
             for b in cached:
                 if rc[b] == 0:
                     del self._cached_free[b]
@@ -168,6 +201,7 @@ class BlockManager:
             popitem = self._cached_free.popitem
             bh = self.block_hash
             hmap = self._hash_to_block
+            memo = self._memo_blocks
             evicted = 0
             for _ in range(n - k):
                 b, _ = popitem(last=False)
@@ -175,6 +209,9 @@ class BlockManager:
                 if h is not None:
                     if hmap.get(h) == b:
                         del hmap[h]
+                        if b in memo:
+                            self._memo_seq = None
+                            memo = self._memo_blocks = set()
                     bh[b] = None
                     evicted += 1
                 rc[b] = 1
@@ -191,7 +228,7 @@ class BlockManager:
         if j >= n_full:
             return
         # The hashes of blocks j .. n_full-1 in one (memoized) call; fewer when content runs out.
-        hashes = seq.block_hashes(n_full, bs)
+        hashes = seq.known_block_hashes(n_full, bs)  # the memo itself (no copy): read only
         bh = self.block_hash
         table = seq.block_table
         hmap = self._hash_to_block
