@@ -472,6 +472,7 @@ class Simulation:
 
         for (gb_, _, _), c, plan in zip(groups, C, plans):
             core.begin_decode_run(gb_, c, plan.work)
+        deferred: float | None = None  # a cut moved from an arrival to the next completion
         if advance(self._next_arrival()):
             stop = result[0]
             if stop > now:
@@ -483,9 +484,18 @@ class Simulation:
             self._paused[core.id] = (advance, result, wake_ev)
             yield wake_ev
             self._paused.pop(core.id, None)
+            core.on_arrival = None
+            # Woken by an arrival while the computation still stops at it (not by the timer of a
+            # natural end that an extension found, `result`): the state in `advance` is at now.
+            if not result:
+                deferred = self._deferred_cut(pending, last_c, nxt, remaining, entry_t, stage_free, env.now)
+            if deferred is not None:
+                yield env.timeout(deferred - env.now)
         core.on_arrival = None
         t = env.now
         inclusive = bool(result) and result[1] and t >= result[0]  # else cut short by an arrival
+        if deferred is not None:  # the cut's own time (SimPy's sum of delays can be an ulp off)
+            t, inclusive = deferred, True
         core.end_decode_runs()
         cut = bisect_right if inclusive else bisect_left
         # Rebuild: iterations completed by t are committed; an iteration entered before t (the
@@ -592,6 +602,41 @@ class Simulation:
                 x += st
                 stage_free[j] = x
         inflight.sort(key=lambda mb: mb.start)
+
+    def _deferred_cut(self, pending, last_c, nxt, remaining, entry_t, stage_free, t: float) -> float | None:
+        """Where a pipelined run paused at an arrival (at `t`) may be cut instead of at `t`: the
+        next point at which stepping schedules, when every one of the `pp` stages' groups is in
+        flight and no entry was computed at or after `t`. Stepping schedules nothing before
+        that point: with `pp` micro-batches in flight the replica loop only waits (the arrival
+        wakes it, it finds the pipeline full and waits again), and while stage 0 is busy it
+        sleeps until stage 0 is free. So the point is the completion of the group at the head
+        of the pipeline or, if later, the moment stage 0 is free; the head's completion is the
+        only one up to it (micro-batches leave the pipeline in the order they entered, and the
+        next one must leave after it), so the run's computation up to there is what stepping
+        would do, and the cut commits the head's completion in bulk (as a run's natural end at
+        a finish does) instead of leaving it to a stepped micro-batch. None: cut at `t` as
+        before. Nothing here depends on the scheduler, which is consulted by neither path
+        between `t` and that point."""
+        if len(pending) != self.cfg.pp or (entry_t and entry_t[-1] >= t):
+            return None
+        head = pending[0]
+        c0 = last_c[head]
+        if c0 <= t:
+            return None
+        if stage_free[0] > c0:
+            if nxt[head] >= remaining[head]:
+                # That completion finishes members: a router counting requests must see them go
+                # at c0, before the cut, so it is left to stepping.
+                return None
+            cut = stage_free[0]
+        else:
+            cut = c0
+        if last_c[pending[1]] <= cut:  # another completion up to then: leave it to stepping
+            return None
+        horizon = self.cfg.horizon
+        if horizon is not None and cut >= horizon:  # the replay ends first: leave state as at t
+            return None
+        return cut
 
     # -- running -----------------------------------------------------------------------
     def run(self) -> RunResult:
