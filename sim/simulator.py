@@ -232,7 +232,6 @@ class Simulation:
         pp = self.cfg.pp
         jump = self.cfg.jump
         stage_free = [0.0] * pp
-        stages = range(pp)
         inflight: list[_MicroBatch] = []  # in order of entry into stage 0 (= completion order)
         waiting_ev: list[simpy.Event | None] = [None]  # what the process waits on, if anything
 
@@ -271,14 +270,7 @@ class Simulation:
                 if stage_free[0] > env.now:
                     yield env.timeout(stage_free[0] - env.now)
                 continue
-            st = cost.stage_time(shape)
-            t = now
-            for i in stages:
-                f = stage_free[i]
-                if f > t:
-                    t = f
-                t += st
-                stage_free[i] = t
+            t = _enter_pipeline(stage_free, now, cost.stage_time(shape))
             track(batch, now, t, not shape.prefill)
             # Stage 0 takes the next micro-batch once it is free.
             yield env.timeout(stage_free[0] - now)
@@ -590,17 +582,10 @@ class Simulation:
             inflight.sort(key=lambda mb: mb.start)
             return
         stage_free[:] = free0
-        stages = range(pp)
         for e, st in zip(entry_t, entry_st):
             if e >= t:
                 break
-            x = e
-            for j in stages:
-                f = stage_free[j]
-                if f > x:
-                    x = f
-                x += st
-                stage_free[j] = x
+            _enter_pipeline(stage_free, e, st)
         inflight.sort(key=lambda mb: mb.start)
 
     def _deferred_cut(self, pending, last_c, nxt, remaining, entry_t, stage_free, t: float) -> float | None:
@@ -696,6 +681,20 @@ class _MicroBatch:
         self.end = end
         self.cancelled = False
         self.pure_decode = pure_decode  # every sequence computes only its last sampled token
+
+
+def _enter_pipeline(stage_free: list[float], entry: float, st: float) -> float:
+    """A micro-batch entering stage 0 at `entry`, `st` seconds per stage: the flow-shop recurrence
+    (each stage starts it when both it and the previous stage are done) updates the stages' free
+    times in place; returns its completion. The planned runs' hot loop inlines the same arithmetic."""
+    t = entry
+    for i in range(len(stage_free)):
+        f = stage_free[i]
+        if f > t:
+            t = f
+        t += st
+        stage_free[i] = t
+    return t
 
 
 def _line(line: tuple[float, ...]) -> tuple[float, float, float]:
