@@ -24,10 +24,11 @@ engine's own loop and records every iteration's shape and the seconds of its sch
 complete phases, so the fit sees the engine's CPU phases and step times as they are when it
 serves, not only as a tight timing loop finds them.
 
-The default grid (about 220 shapes) covers Llama-3.1-8B-class shapes on one GPU in about two to
+The default grid (about 225 shapes) covers Llama-3.1-8B-class shapes on one GPU in about two to
 three minutes (the analytic model puts one pass over it at ~10 s of H100 time):
 prefills from 16 to 8192 new tokens over cached prefixes up to 16k, prompts batched together,
-decode batches of 1 to 256 at contexts from 128 tokens up to what the KV pool holds, and mixed
+decode batches of 1 to 256 (every CUDA-graph bucket) at contexts from 128 tokens up to what the KV
+pool holds, uneven decode batches (one 4k or 16k context among 256-token ones), and mixed
 chunked-prefill steps (decodes plus one chunk, up to the token budget). Grid points that exceed
 the engine's token budget, sequence cap, max_model_len or KV pool are skipped and listed in the
 profile header's notes. `--quick` is a tiny grid for CPU tests.
@@ -68,7 +69,9 @@ if TYPE_CHECKING:
 # its parser with `add_profile_args`, and `sagellm simulate` must not pay for importing torch.
 
 _NEVER_FINISH = 1 << 30  # output length of synthetic requests: a timed step never finishes one
-_DECODE_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 96, 100, 128, 144, 192, 200, 256)
+_DECODE_BATCHES = (
+    1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 100, 112, 128, 144, 160, 192, 200, 256
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,13 @@ class ProfileGrid:
     decode_batch: tuple[int, ...] = _DECODE_BATCHES  # bucket sizes and sizes padded up to one
     decode_context: tuple[int, ...] = (128, 512, 2048, 8192)
     decode_fill_pool: bool = True  # per batch size, also the longest context the KV pool holds
+    # uneven decode batches: one sequence at a long context among short ones. The paged-attention
+    # launch lasts as long as its longest program, which uniform contexts cannot tell apart from the
+    # bulk per-token cost (for a uniform batch the longest context is the sum over n); served batches
+    # mix a long prompt with short ones all the time.
+    skewed_decode_batch: tuple[int, ...] = (8, 32, 64, 128, 256)
+    skewed_decode_short: int = 256
+    skewed_decode_long: tuple[int, ...] = (4096, 16384)
     mixed_decode_batch: tuple[int, ...] = (4, 16, 64, 128, 224)
     mixed_decode_context: tuple[int, ...] = (512, 2048)
     mixed_prefill_tokens: tuple[int, ...] = (64, 512, 2048)
@@ -99,6 +109,9 @@ class ProfileGrid:
             decode_batch=(1, 2, 3, 4, 6, 8),
             decode_context=(8, 32),
             decode_fill_pool=False,
+            skewed_decode_batch=(4,),
+            skewed_decode_short=8,
+            skewed_decode_long=(32,),
             mixed_decode_batch=(2, 4),
             mixed_decode_context=(16,),
             mixed_prefill_tokens=(8,),
@@ -139,12 +152,16 @@ class ShapeLimits:
 
 
 def decode_contexts(shape: BatchShape) -> list[int]:
-    """Per-sequence contexts of the shape's decodes: the sum spread as evenly as possible."""
-    nd = shape.num_decode
+    """Per-sequence contexts of the shape's decodes: one at `decode_max_context` when that is given,
+    the rest of the sum spread as evenly as possible."""
+    nd, total, mx = shape.num_decode, shape.decode_context, shape.decode_max_context
     if nd == 0:
         return []
-    q, r = divmod(shape.decode_context, nd)
-    return [q + 1] * r + [q] * (nd - r)
+    head: list[int] = []
+    if mx and nd > 1 and mx * nd > total:
+        head, nd, total = [mx], nd - 1, total - mx
+    q, r = divmod(total, nd)
+    return head + [q + 1] * r + [q] * (nd - r)
 
 
 def grid_shapes(grid: ProfileGrid, limits: ShapeLimits) -> tuple[list[BatchShape], list[str]]:
@@ -161,6 +178,11 @@ def grid_shapes(grid: ProfileGrid, limits: ShapeLimits) -> tuple[list[BatchShape
                 ctxs.append(per_seq)
         for c in ctxs:
             dec.append(BatchShape([], b, b * c))
+    short = grid.skewed_decode_short
+    for b in grid.skewed_decode_batch:
+        for long in grid.skewed_decode_long:
+            if b > 1 and long > short >= 1:
+                dec.append(BatchShape([], b, (b - 1) * short + long, long))
     for t in grid.prefill_tokens:
         for c in grid.prefill_cached:
             pre.append(BatchShape([(t, c)]))
@@ -186,7 +208,7 @@ def grid_shapes(grid: ProfileGrid, limits: ShapeLimits) -> tuple[list[BatchShape
             if i >= len(group):
                 continue
             s = group[i]
-            key = (tuple(s.prefill), s.num_decode, s.decode_context)
+            key = (tuple(s.prefill), s.num_decode, s.decode_context, s.decode_max_context)
             if key in seen:
                 continue
             seen.add(key)
@@ -501,6 +523,7 @@ def profile_runner(
                 shape.decode_context,
                 tuple(times[i]),
                 statistics.median(times[i]),
+                shape.decode_max_context,
             )
         )
         over.append(overhead[i])

@@ -260,6 +260,17 @@ def test_canonical_dtype() -> None:
 torch = pytest.importorskip("torch")
 
 
+def test_decode_contexts_put_the_longest_first() -> None:
+    from backends.cost_model import BatchShape
+    from engine.profiler import decode_contexts
+
+    assert decode_contexts(BatchShape([], 4, 10)) == [3, 3, 2, 2]
+    assert decode_contexts(BatchShape([], 4, 3 * 8 + 32, 32)) == [32, 8, 8, 8]
+    assert decode_contexts(BatchShape([], 3, 3 * 7 + 1, 8)) == [8, 7, 7]
+    assert decode_contexts(BatchShape([], 1, 9, 9)) == [9]
+    assert decode_contexts(BatchShape([], 3, 9, 3)) == [3, 3, 3]  # the even share: nothing stands out
+
+
 def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     from engine.config import EngineConfig
     from engine.profiler import ProfileGrid, ShapeLimits, grid_shapes, main_profile, profile_engine
@@ -298,6 +309,9 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     for s in prof.samples:
         assert lim.why_not(s.shape) is None
         assert s.n == 3 and all(t > 0 for t in s.times_s)
+    # The uneven decode batch (one 32-token context among 8-token ones) is run and recorded as such.
+    skewed = [s for s in prof.samples if s.decode_max_context]
+    assert [(s.num_decode, s.decode_context, s.decode_max_context) for s in skewed] == [(4, 3 * 8 + 32, 32)]
     for s, o in zip(prof.samples, prof.overhead):
         assert o.num_seqs == s.shape.num_seqs and o.num_prefill_seqs == len(s.prefill)
         assert o.prefill_tokens == s.shape.num_tokens - s.num_decode
