@@ -334,19 +334,11 @@ class ReplicaCore:
         # maximum by one. Member i's cs/outs/nts are its state before iteration since[i] (the
         # current one for members of pf).
         n = len(seqs)
-        nts: list[int] = []  # per member: prompt + outputs so far (its token count)
-        olens: list[int] = []
-        cs: list[int] = []
-        outs: list[int] = []
-        caps: list[int] = []
-        for s in seqs:
-            r = s.request
-            o = s.num_output_tokens
-            nts.append(r.prompt_len + o)
-            olens.append(r.output_len)
-            cs.append(s.num_computed_tokens)
-            outs.append(o)
-            caps.append(len(s.block_table) * bs)
+        outs = [s.num_output_tokens for s in seqs]
+        nts = [s.request.prompt_len + o for s, o in zip(seqs, outs)]  # per member: its token count
+        olens = [s.request.output_len for s in seqs]
+        cs = [s.num_computed_tokens for s in seqs]
+        caps = [len(s.block_table) * bs for s in seqs]
         k_eff = list(cs)  # per member: c such that it holds at most c + j + 1 tokens at iteration j
         counts = batch.num_new_tokens
         since = [0] * n  # -1 while a member is in pf
