@@ -101,7 +101,7 @@ from backends.profile import MODEL_SHAPE_FIELDS, OverheadSample, Profile, ShapeS
 PREFILL_KNOT_LADDER: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _MIN_SIDE = 2  # distinct profiled sizes needed on each side of a knot to identify its slope change
 # Launch constants of the Triton decode kernel's split-KV heuristic (engine/triton_attention.py,
-# TritonPagedAttention.num_splits): key tile width and the largest split count.
+# TritonPagedAttention.num_splits): its key granularity (split_block) and the largest split count.
 SPLIT_BLOCK_N = 64
 SPLIT_MAX = 32
 SM_CANDIDATES = range(1, 1025)  # SM counts tried when the device is not in _SM_COUNTS
