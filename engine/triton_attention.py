@@ -211,23 +211,13 @@ class TritonPagedAttention:
         num_heads: int,
         num_kv_heads: int,
         prefill_block_m: int = 128,
-        block_n: int = 128,
         split_block: int = 64,
-        num_stages: int = 3,
     ) -> None:
         self.device = device
         self.group = num_heads // num_kv_heads
         self.kv_heads = num_kv_heads
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         self.prefill_block_m = prefill_block_m
-        # Key tile width and pipeline depth. Measured per layer on an H200 with Llama-8B heads
-        # (a sweep of tile width x warps x stages, figures in issue 3's notes): 128 keys x 3 stages
-        # against 64 x 2 took a decode batch of one 4k context among 31 short ones from 148 to
-        # 86 us, a 512-token chunk over a 16k prefix from 707 to 594 us, batch-1 decode at 16k
-        # from 32 to 27 us, and cost 2 us (46.6 -> 48.8) on 64 uniform 640-token decodes: fewer,
-        # deeper iterations shorten the longest program, which is what a step waits for.
-        self.block_n = block_n
-        self.num_stages = num_stages
         # The split heuristic's key granularity (mirrored by backends/calibrated.py SPLIT_BLOCK_N):
         # a split reads at least 2 * split_block keys; splits past a short context read none.
         self.split_block = split_block
@@ -238,6 +228,23 @@ class TritonPagedAttention:
         gp = _pow2(self.group)
         block_m = max(16, gp) if decode_only else max(self.prefill_block_m, gp)
         return block_m, block_m // gp
+
+    def launch_config(self, decode: bool, programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
+        """(BLOCK_N, num_warps, num_stages) of a launch of `programs` (tile, KV head) programs.
+
+        A step lasts as long as its longest program, so wide key tiles with a deep pipeline (128 keys,
+        3 stages) pay wherever few programs or one long context set the pace; with many programs the
+        launch is bandwidth-bound and narrower tiles keep more of them resident. Measured per layer on
+        an H200 with Llama-8B heads (a sweep of tile width x warps x stages; 128/3 against 64/2): one
+        4k decode among 31 short ones 148 -> 86 us, batch-1 decode at 16k 32 -> 27 us, a 512-token
+        chunk over a 16k prefix 707 -> 594 us, 1,800 prefill tokens beside 200 decodes 667 -> 615 us,
+        but 64 uniform 640-token decodes 46.6 -> 48.8 us, hence 64/2 for decode launches of at least
+        two programs per SM. float32 (test models) keeps 64/2: 128-key fp32 tiles overflow shared memory.
+        """
+        warps = 4 if decode else 8
+        if dtype == torch.float32 or (decode and programs >= 2 * self.num_sms):
+            return 64, warps, 2
+        return 128, warps, 3
 
     def num_splits(self, num_tiles: int, max_context: int) -> int:
         """Split the key range when the grid would leave SMs idle and contexts are long enough."""
@@ -306,6 +313,7 @@ class TritonPagedAttention:
         else:
             part, lse = out, out  # unused by the kernel when NUM_SPLITS == 1
         d_pad = _pow2(head_dim)
+        block_n, num_warps, num_stages = self.launch_config(decode, n_tiles * kv_heads, q.dtype)
         _paged_attn_kernel[(n_tiles, kv_heads, num_splits)](
             q,
             k_cache,
@@ -339,14 +347,14 @@ class TritonPagedAttention:
             GROUP_PAD=_pow2(group),
             BLOCK_Q=block_q,
             BLOCK_M=block_m,
-            BLOCK_N=self.block_n,
+            BLOCK_N=block_n,
             HEAD_DIM=head_dim,
             D_PAD=d_pad,
             PAGE=page,
             NUM_SPLITS=num_splits,
             IEEE=q.dtype == torch.float32,
-            num_warps=4 if decode else 8,
-            num_stages=self.num_stages,
+            num_warps=num_warps,
+            num_stages=num_stages,
         )
         if num_splits > 1:
             _merge_splits_kernel[(q.shape[0], num_heads)](

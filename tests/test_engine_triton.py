@@ -85,6 +85,11 @@ def test_heuristic_splits_small_long_decodes() -> None:
     assert be.num_splits(1, 8192) > 1
     assert be.num_splits(256, 8192) == 1
     assert be.num_splits(1, 64) == 1
+    # Wide, deep key tiles where few programs set the pace; narrow ones for wide decode launches and fp32.
+    assert be.launch_config(True, 8, torch.bfloat16) == (128, 4, 3)
+    assert be.launch_config(True, 2 * be.num_sms, torch.bfloat16) == (64, 4, 2)
+    assert be.launch_config(False, 10 * be.num_sms, torch.bfloat16) == (128, 8, 3)
+    assert be.launch_config(False, 8, torch.float32) == (64, 8, 2)
 
 
 def _gpu_runner(
