@@ -290,7 +290,9 @@ class TritonPagedAttention:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        launch: tuple[int, int, int] | None = None,
     ) -> torch.Tensor:
+        """`launch`: (BLOCK_N, num_warps, num_stages) instead of `launch_config`'s (benchmarks)."""
         num_heads, head_dim = q.shape[1], q.shape[2]
         kv_heads, page = k_cache.shape[2], k_cache.shape[1]
         group = num_heads // kv_heads
@@ -313,7 +315,7 @@ class TritonPagedAttention:
         else:
             part, lse = out, out  # unused by the kernel when NUM_SPLITS == 1
         d_pad = _pow2(head_dim)
-        block_n, num_warps, num_stages = self.launch_config(decode, n_tiles * kv_heads, q.dtype)
+        block_n, num_warps, num_stages = launch or self.launch_config(decode, n_tiles * kv_heads, q.dtype)
         _paged_attn_kernel[(n_tiles, kv_heads, num_splits)](
             q,
             k_cache,

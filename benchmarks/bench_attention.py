@@ -1,0 +1,189 @@
+"""Launch constants of the Triton paged-attention kernel: per-layer kernel time and serving runs (CUDA).
+
+A step waits for the attention launch's longest program, so the key tile width and pipeline depth
+(`TritonPagedAttention.launch_config`) matter most where one long context or a long cached prefix
+sets the pace. Two measurements, both on Llama-3.1-8B heads (32 query, 8 KV heads of 128):
+
+- `kernel`: each shape of `CASES` under each (BLOCK_N, num_warps, num_stages) of `CONFIGS`, the
+  launch (plus the split-KV merge) replayed 10 times per CUDA graph, median of 30 replays, in us per
+  call (= per layer); every output is checked against the first config's.
+- `serving`: the engine (random bf16 weights, FCFS + chunked prefill 2048, prefix caching) replays
+  an Azure conversation slice and a Mooncake slice with the narrow constants everywhere (64 keys,
+  2 stages: the kernel's launch before the per-launch choice) and with `launch_config`, alternating,
+  `--rounds` times, in one process.
+
+    python -m benchmarks.bench_attention --mode kernel --out benchmarks/results/attention_sweep_h200.json
+    python -m benchmarks.bench_attention --mode serving --azure-trace A.csv --mooncake-trace M.jsonl \\
+        --out benchmarks/results/attention_ab_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import json
+import statistics
+import time
+from collections.abc import Iterator
+
+import torch
+
+H, KVH, D, PAGE = 32, 8, 128, 16
+CASES: dict[str, list[tuple[int, int]]] = {  # (new tokens, context after the step) per sequence
+    "dec64x640": [(1, 640)] * 64,
+    "dec128x1300": [(1, 1300)] * 128,
+    "dec1x16k": [(1, 16384)],
+    "dec8x4k": [(1, 4096)] * 8,
+    "dec32_uneven": [(1, 4096)] + [(1, 256)] * 31,
+    "pf512_c16k": [(512, 16384 + 512)],
+    "pf2048": [(2048, 2048)],
+    "mixed1800+200x1000": [(1, 1000)] * 200 + [(1800, 1800)],
+}
+CONFIGS: list[tuple[int, int, int]] = [
+    (64, 4, 2), (64, 8, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2), (128, 8, 3),
+    (32, 2, 2), (64, 2, 4), (128, 2, 3),
+]  # fmt: skip
+_KEPT = ("ttft_ms", "tpot_ms", "e2e_ms", "output_throughput")
+
+
+def _graph_us(fn, reps: int = 30, per_graph: int = 10) -> float:
+    """Median microseconds of one `fn()` call, replayed from a CUDA graph (Triton's eager launch
+    overhead would otherwise dominate a 30 us kernel)."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(per_graph):
+            fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / per_graph)
+    return statistics.median(times) * 1e3
+
+
+def kernel_sweep() -> dict:
+    from engine.attention import build_metadata
+    from engine.triton_attention import TritonPagedAttention
+
+    dev = torch.device("cuda")
+    blocks = 1 + sum(-(-ctx // PAGE) for seqs in CASES.values() for _, ctx in seqs)
+    kc = torch.randn(blocks, PAGE, KVH, D, device=dev, dtype=torch.bfloat16)
+    vc = torch.randn(blocks, PAGE, KVH, D, device=dev, dtype=torch.bfloat16)
+    be = TritonPagedAttention(dev, H, KVH)
+    res: dict = {"card": torch.cuda.get_device_name(), "unit": "us per call (one layer)", "cases": {}}
+    nxt = 1
+    for name, seqs in CASES.items():
+        tables = []
+        for _, ctx in seqs:
+            nb = -(-ctx // PAGE)
+            tables.append(list(range(nxt, nxt + nb)))
+            nxt += nb
+        meta = build_metadata([n for n, _ in seqs], [c for _, c in seqs], tables, PAGE, dev)
+        q = torch.randn(sum(n for n, _ in seqs), H, D, device=dev, dtype=torch.bfloat16)
+        be.prepare(meta)
+        ref = None
+        rows: dict[str, float | str] = {}
+        for cfg in CONFIGS:
+            key = "/".join(map(str, cfg))
+            try:
+                out = be.attend(q, kc, vc, meta, D**-0.5, launch=cfg)
+                if ref is None:
+                    ref = out.float()
+                err = (out.float() - ref).abs().max().item()
+                if err > 0.05:
+                    rows[key] = f"wrong output (max abs diff {err:.3g})"
+                    continue
+                call = functools.partial(be.attend, q, kc, vc, meta, D**-0.5, launch=cfg)
+                rows[key] = round(_graph_us(call), 1)
+            except Exception as e:  # e.g. a tile that does not fit in shared memory
+                rows[key] = type(e).__name__
+        chosen = be.launch_config(meta.is_decode_only, len(meta.extra["tile_seq"]) * KVH, torch.bfloat16)
+        res["cases"][name] = {"splits": meta.num_splits, "launch_config": "/".join(map(str, chosen)),
+                              "us": rows}  # fmt: skip
+        line = " ".join(f"{k}:{v}" for k, v in rows.items())
+        print(f"{name:20s} splits={meta.num_splits:2d} {line}", flush=True)
+    return res
+
+
+@contextlib.contextmanager
+def _narrow_launches() -> Iterator[None]:
+    """Every launch at 64-key tiles x 2 stages (the kernel's constants before `launch_config`)."""
+    from engine.triton_attention import TritonPagedAttention
+
+    chosen = TritonPagedAttention.launch_config
+    TritonPagedAttention.launch_config = lambda self, decode, programs, dtype: (64, 4 if decode else 8, 2)
+    try:
+        yield
+    finally:
+        TritonPagedAttention.launch_config = chosen
+
+
+def serving_ab(azure: str, mooncake: str, rounds: int) -> dict:
+    from benchmarks.metrics import compute_metrics
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from traces.loaders import load_trace
+    from traces.transforms import head, scale_to_rate
+
+    traces = {
+        "azure300@17": scale_to_rate(head(load_trace(azure), 300), 17.0),
+        "mooncake30@1.1": scale_to_rate(head(load_trace(mooncake), 30), 1.1),
+    }
+    out: dict = {"card": torch.cuda.get_device_name(), "runs": {}}
+    for rnd in range(rounds):
+        for variant in ("narrow", "launch_config"):
+            ctx = _narrow_launches() if variant == "narrow" else contextlib.nullcontext()
+            with ctx:
+                eng = LLMEngine(EngineConfig(
+                    model="llama-3.1-8b", device="cuda", dtype="bfloat16", max_num_seqs=256,
+                    max_num_batched_tokens=2048, max_model_len=32768, enable_prefix_caching=True,
+                    gpu_memory_utilization=0.85,
+                ))  # fmt: skip
+                for tname, tr in traces.items():
+                    eng.reset_kv()
+                    t0 = time.perf_counter()
+                    m = compute_metrics(eng.replay(tr, seed=0))
+                    key = f"{tname} {variant} round {rnd}"
+                    out["runs"][key] = {k: m[k] for k in _KEPT}
+                    ttft, tpot = m["ttft_ms"], m["tpot_ms"]
+                    print(
+                        f"{key}: TTFT P50 {ttft['p50']:.1f} P90 {ttft['p90']:.1f} ms, "
+                        f"TPOT P50 {tpot['p50']:.2f} P90 {tpot['p90']:.2f} ms, "
+                        f"E2E P50 {m['e2e_ms']['p50']:.0f} ms ({time.perf_counter() - t0:.0f} s)",
+                        flush=True,
+                    )
+                del eng
+                gc.collect()
+                torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("kernel", "serving"), default="kernel")
+    ap.add_argument("--azure-trace", default="../shared/traces/azure_llm_2023_conv.csv")
+    ap.add_argument("--mooncake-trace", default="../shared/traces/mooncake_conversation.jsonl")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=None, help="result JSON")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention needs a CUDA device")
+    if args.mode == "kernel":
+        res = kernel_sweep()
+    else:
+        res = serving_ab(args.azure_trace, args.mooncake_trace, args.rounds)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
