@@ -56,6 +56,10 @@ class GroupPlan:
     # and maximum are the line of the smaller group), as stepping would schedule them.
     dctx: list[int] = field(default_factory=list)
     finishes: list[int] = field(default_factory=list)
+    # Per member, the first iteration in which it computes only its last sampled token (0: it
+    # decodes throughout; -1: not within the spelled-out iterations). Empty when m == 0.
+    since: list[int] = field(default_factory=list)
+    prefilling: list[int] = field(default_factory=list)  # members i with since[i] != 0
 
     @property
     def m(self) -> int:
@@ -164,7 +168,8 @@ class ReplicaCore:
         mx = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             c = seq.num_computed_tokens
-            if n == 1 and seq.num_output_tokens > 0 and c + 1 == seq.num_tokens:
+            o = seq.num_output_tokens
+            if n == 1 and o > 0 and c + 1 == seq.request.prompt_len + o:
                 nd += 1
                 ctx += c + 1
                 if c >= mx:
@@ -236,6 +241,75 @@ class ReplicaCore:
             )
         return finished
 
+    def can_complete_planned(self, plan: GroupPlan, k: int) -> bool:
+        """Whether `complete_planned` may apply plan iterations 0 .. k-1: nobody finishes in
+        the spelled-out ones among them (a finish frees blocks at its own iteration), no blocks
+        get published (prefix caching publishes per iteration, in member order) and no
+        iteration rows are kept."""
+        return (
+            plan.finish >= min(k, plan.m)
+            and not self.kv.enable_prefix_caching
+            and not self.recorder.record_iterations
+        )
+
+    def complete_planned(self, plan: GroupPlan, k: int, ends: Seq[float]) -> None:
+        """Apply the first k iterations of a planned group with spelled-out ones (plan.m > 0),
+        iteration j ending at ends[j], as `complete` for each spelled-out one and then
+        `complete_decodes` for the decodes after them would (`can_complete_planned` must hold;
+        the caller has taken the blocks). The pipelined runs commit a prefill chunk riding
+        along with decodes this way: members decoding throughout move by k tokens and share
+        the iterations' spacing as their ITLs, so only the members still prefilling are
+        followed iteration by iteration."""
+        seqs = plan.seqs
+        since = plan.since
+        counts = plan.counts
+        kx = min(k, plan.m)  # spelled-out iterations among them
+        end = ends[k - 1]
+        gaps: list[float] = []  # inter-token latencies that are not a shared spacing
+        nd = 0  # members decoding throughout
+        finished = []
+        for i, s in enumerate(seqs):
+            if since[i] == 0:
+                s.num_computed_tokens += k
+                out = s.num_output_tokens + k
+                gaps.append(ends[0] - s.last_token)
+                s.last_token = end
+                nd += 1
+            else:
+                c = s.num_computed_tokens
+                out = s.num_output_tokens
+                prompt_len = s.request.prompt_len
+                for j in range(kx):
+                    c += counts[j][i]
+                    if c >= prompt_len + out:  # this iteration samples a token
+                        out += 1
+                        e = ends[j]
+                        if s.first_token < 0:
+                            s.first_token = e
+                        else:
+                            gaps.append(e - s.last_token)
+                        s.last_token = e
+                if k > kx:  # decodes from kx on: every member decodes there
+                    c += k - kx
+                    out += k - kx
+                    gaps.append(ends[kx] - s.last_token)
+                    s.last_token = end
+                s.num_computed_tokens = c
+            s.num_output_tokens = out
+            if out >= s.request.output_len:
+                finished.append(s)
+        itl = self.recorder.itl
+        if gaps:
+            itl.add_ones(gaps)
+        if k > 1 and nd:
+            itl.add_many(list(map(sub, ends[1:k], ends)), nd)  # ends[j + 1] - ends[j]
+        if k > kx + 1 and nd < len(seqs):  # the others' spacing in the decodes after kx
+            itl.add_many(list(map(sub, ends[kx + 1 : k], ends[kx:])), len(seqs) - nd)
+        self._work_done += plan.work[kx - 1] + (k - kx) * len(seqs)
+        for s in finished:
+            self._finish(s, end)
+        self.num_iterations += k
+
     def _finish(self, seq: Sequence, now: float) -> None:
         seq.status = Status.FINISHED
         seq.finish = now
@@ -299,65 +373,90 @@ class ReplicaCore:
 
     def plan_group(self, batch: ScheduledBatch, max_explicit: int = 4096) -> GroupPlan:
         """Follow `batch`'s members through the iterations the scheduler promises (see
-        `Scheduler.plans_steady_batches`) until all of them decode, without changing any state."""
+        `Scheduler.plans_steady_batches`) until all of them decode, without changing any state.
+
+        A member that decodes already stays a decoder until the plan ends (nothing else
+        happens to it with nobody waiting), so its line of the plan (decode context, finish,
+        KV envelope) is its state now, read in one pass; only members computing more than
+        their last sampled token are followed iteration by iteration (`_plan_prefills`). The
+        common case, every member decoding, ends with the pass."""
         seqs = batch.seqs
-        bs = self.kv.block_size
-        # Fast path, the common case: every member decodes already (nothing spelled out). A
-        # member computing more than one token is no decode, so the scan is skipped then.
-        if sum(batch.num_new_tokens) == len(seqs):
-            ctx0 = max0 = 0
-            finish = _NEVER
-            kv: list[tuple[int, int]] = []
-            dctx: list[int] = []
-            fins: list[int] = []
-            for s, k in zip(seqs, batch.num_new_tokens):
-                c = s.num_computed_tokens
-                o = s.num_output_tokens
-                r = s.request
-                if k != 1 or o == 0 or c + 1 != r.prompt_len + o:
-                    break
-                ctx0 += c + 1
-                if c >= max0:
-                    max0 = c + 1
-                f = r.output_len - o - 1
-                if f < finish:
-                    finish = f
-                kv.append((c, len(s.block_table) * bs))
-                dctx.append(c + 1)
-                fins.append(f)
-            else:
-                return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv, dctx, fins)
-        # Members are followed one by one only while they compute more than their last sampled
-        # token (`pf`); a member that decodes stays a decoder until the plan ends (nothing else
-        # happens to it with nobody waiting), so decoders are kept as aggregates: per iteration
-        # each adds one token to its context, which moves their sum by their count and their
-        # maximum by one. Member i's cs/outs/nts are its state before iteration since[i] (the
-        # current one for members of pf).
-        n = len(seqs)
-        outs = [s.num_output_tokens for s in seqs]
-        nts = [s.request.prompt_len + o for s, o in zip(seqs, outs)]  # per member: its token count
-        olens = [s.request.output_len for s in seqs]
-        cs = [s.num_computed_tokens for s in seqs]
-        caps = [len(s.block_table) * bs for s in seqs]
-        k_eff = list(cs)  # per member: c such that it holds at most c + j + 1 tokens at iteration j
         counts = batch.num_new_tokens
-        since = [0] * n  # -1 while a member is in pf
-        pf: list[int] = []
-        nd_d = ctx_d = mx_d = 0  # decoders: count, sum and maximum of their token counts now
-        fin_d = _NEVER  # the first iteration in which a decoder reaches its last token
-        for i in range(n):
-            nt = nts[i]
-            if counts[i] == 1 and cs[i] + 1 == nt and outs[i] > 0:
-                nd_d += 1
-                ctx_d += nt
-                if nt > mx_d:
-                    mx_d = nt
-                f = olens[i] - outs[i] - 1
-                if f < fin_d:
-                    fin_d = f
+        bs = self.kv.block_size
+        kv: list[tuple[int, int]] = []  # per member (c, capacity), see GroupPlan.kv
+        dctx: list[int] = []  # per member: decode context at iteration 0 (its token count)
+        fins: list[int] = []  # per member: the iteration with which it reaches its last token
+        ctx0 = max0 = 0
+        finish = _NEVER
+        for s, k in zip(seqs, counts):  # the leading decoders
+            c = s.num_computed_tokens
+            o = s.num_output_tokens
+            r = s.request
+            if k != 1 or o == 0 or c + 1 != r.prompt_len + o:  # no decode, as `shape` classifies
+                break
+            ctx0 += c + 1
+            if c >= max0:
+                max0 = c + 1
+            f = r.output_len - o - 1
+            if f < finish:
+                finish = f
+            kv.append((c, len(s.block_table) * bs))
+            dctx.append(c + 1)
+            fins.append(f)
+        else:
+            return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv, dctx, fins)
+        pf: list[int] = []  # members that compute more than their last sampled token now
+        for i in range(len(kv), len(seqs)):
+            s = seqs[i]
+            c = s.num_computed_tokens
+            o = s.num_output_tokens
+            r = s.request
+            kv.append((c, len(s.block_table) * bs))
+            if counts[i] == 1 and o > 0 and c + 1 == r.prompt_len + o:
+                dctx.append(c + 1)
+                fins.append(r.output_len - o - 1)
             else:
                 pf.append(i)
-                since[i] = -1
+                dctx.append(0)
+                fins.append(_NEVER)
+        return self._plan_prefills(batch, max_explicit, kv, dctx, fins, pf)
+
+    def _plan_prefills(
+        self,
+        batch: ScheduledBatch,
+        max_explicit: int,
+        kv: list[tuple[int, int]],
+        dctx: list[int],
+        fins: list[int],
+        pf: list[int],
+    ) -> GroupPlan:
+        """`plan_group` for a group with members `pf` computing more than their last sampled
+        token: iterations are spelled out until all of them decode. Decoders are kept as
+        aggregates: per iteration each adds one token to its context, which moves their sum by
+        their count and their maximum by one. A member of pf's cs/outs/nts are its state before
+        iteration since[i] (the current one while it is in pf); `kv`, `dctx` and `fins` hold
+        the decoders' lines already and get the others' here."""
+        seqs = batch.seqs
+        n = len(seqs)
+        counts = batch.num_new_tokens
+        pf0 = list(pf)  # pf shrinks as members join the decoders
+        cs = [0] * n
+        outs = [0] * n
+        nts = [0] * n  # per member: its token count
+        olens = [0] * n
+        k_eff = [0] * n  # per member of pf: its c of GroupPlan.kv (a decoder's is its state's)
+        since = [0] * n  # -1 while a member is in pf
+        for i in pf:
+            s = seqs[i]
+            cs[i] = k_eff[i] = s.num_computed_tokens
+            o = outs[i] = s.num_output_tokens
+            nts[i] = s.request.prompt_len + o
+            olens[i] = s.request.output_len
+            since[i] = -1
+        nd_d = n - len(pf)  # decoders: count, sum and maximum of their token counts now
+        ctx_d = sum(dctx)
+        mx_d = max(dctx)
+        fin_d = min(fins)  # the first iteration in which a decoder reaches its last token
         left = [1] * n
         plan_counts: list[list[int]] = []
         shapes: list[BatchShape] = []
@@ -443,27 +542,26 @@ class ReplicaCore:
                 stop = j
                 break
         ctx0 = max0 = 0
-        dctx = []
-        fins = []
         if finish == _NEVER and stop == _NEVER:  # every member decodes from iteration m = j on
             m = j
-            for i in range(n):
+            for i in pf0:  # the decoders' lines are their state at iteration 0 already
                 d = m - since[i] if since[i] >= 0 else 0  # iterations decoded since its state
                 c = cs[i] + d
-                ctx0 += c + 1
-                if c + 1 > max0:
-                    max0 = c + 1
                 f = m + olens[i] - outs[i] - d - 1
-                if f < finish:
-                    finish = f
                 if c - m > k_eff[i]:
                     k_eff[i] = c - m
-                dctx.append(c + 1 - m)
-                fins.append(f)
-            ctx0 -= n * m
-            max0 -= m
-        return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, list(zip(k_eff, caps)),
-                         dctx, fins)
+                dctx[i] = c + 1 - m
+                fins[i] = f
+            ctx0 = sum(dctx)
+            max0 = max(dctx)
+            finish = min(fins)
+        else:
+            dctx = []
+            fins = []
+        for i in pf0:
+            kv[i] = (k_eff[i], kv[i][1])
+        return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, kv, dctx, fins, since,
+                         pf0)
 
     def complete_decode_run(
         self, batch: ScheduledBatch, starts: Seq[float], ends: Seq[float], allocated: bool = False
@@ -472,7 +570,13 @@ class ReplicaCore:
         starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages).
         `allocated`: the caller has already given every sequence its blocks for all k (a
         pipelined run allocates in its own order, to keep the peak that stepping records)."""
-        seqs = batch.seqs
+        self.complete_decodes(batch.seqs, starts, ends, allocated)
+
+    def complete_decodes(
+        self, seqs: list[Sequence], starts: Seq[float], ends: Seq[float], allocated: bool = False
+    ) -> None:
+        """`complete_decode_run` for the batch of `seqs` (a pipelined run commits a group's
+        decodes without building the batch a scheduler would have handed over)."""
         kv = self.kv
         k = len(ends)
         end = float(ends[-1])

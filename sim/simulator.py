@@ -111,15 +111,12 @@ class Simulation:
     # -- processes ---------------------------------------------------------------------
     def _arrivals(self):
         env = self.env
-        trace = self.trace
-        arrival = self._arrival_times
         replicas = self.replicas
         route = self.router.route
         paused = self._paused
-        for i, t in enumerate(arrival):
+        for i, (t, req) in enumerate(zip(self._arrival_times, self.trace)):
             if t > env.now:
                 yield env.timeout(t - env.now)
-            req = trace.request(i)
             r = route(req, replicas, env.now)
             replicas[r].add(Sequence(req), env.now)
             self.routed = i + 1
@@ -511,41 +508,50 @@ class Simulation:
                     return  # iteration 0 got its blocks when it was scheduled
                 plan = plans[g]
                 m = plan.m
-                if m:
+                needs = [last + 1] * len(plan.seqs)  # decoders: one token per iteration each
+                if m:  # members prefilling in the spelled-out iterations: their counts
                     rows = plan.counts[: min(last + 1, m)]
                     extra = last + 1 - m if last >= m else 0
-                    needs = [sum(col) + extra for col in zip(*rows)]
-                else:  # pure decodes: one token per iteration each
-                    needs = [last + 1] * len(plan.seqs)
+                    for i in plan.prefilling:
+                        needs[i] = sum([row[i] for row in rows]) + extra
+                seqs = plan.seqs
             else:  # a later segment: its members' state is the one its predecessor left
                 if last < 0:
                     return
-                needs = [last + 1] * len(seg_seqs[g])
-            short = allocate_each(seg_seqs[g], needs)
+                seqs = seg_seqs[g]
+                needs = [last + 1] * len(seqs)
+            short = allocate_each(seqs, needs)
             if short is not None:
                 raise AssertionError(f"replica {core.id}: pipelined run exceeded its KV plan "
                                      f"(sequence {short.id})")
 
-        def commit(g: int, k: int) -> tuple[ScheduledBatch, int]:
-            """Apply segment g's first k iterations; returns its decode batch and explicit count."""
+        def commit(g: int, k: int) -> int:
+            """Apply segment g's first k iterations; returns its count of explicit iterations."""
             seqs = seg_seqs[g]
             for s in seqs:
                 s.in_flight = False
             c = C[g]
             e_g = E[g]
+            m = 0
             if g < G:
                 plan = plans[g]
-                gbatch = groups[g][0]
                 m = plan.m
+                if m and k and core.can_complete_planned(plan, k):
+                    core.complete_planned(plan, k, c[:k])
+                    return m
                 for j in range(min(k, m)):  # explicit iterations, one by one
-                    core.complete(_iteration_batch(gbatch, plan, j), e_g[j], c[j])
-                dec = gbatch if m == 0 else _iteration_batch(gbatch, plan, m)
-            else:
-                m = 0
-                dec = ScheduledBatch(list(seqs), [1] * len(seqs))
+                    core.complete(_iteration_batch(groups[g][0], plan, j), e_g[j], c[j])
             if k > m:
-                core.complete_decode_run(dec, e_g[m:k], c[m:k], allocated=True)
-            return dec, m
+                core.complete_decodes(seqs, e_g[m:k], c[m:k], allocated=True)
+            return m
+
+        def decode_batch(g: int) -> ScheduledBatch:
+            """Segment g's decode iterations as the scheduler hands one over (to track it)."""
+            if g < G:
+                plan = plans[g]
+                return groups[g][0] if plan.m == 0 else _iteration_batch(groups[g][0], plan, plan.m)
+            seqs = seg_seqs[g]
+            return ScheduledBatch(list(seqs), [1] * len(seqs))
 
         nseg = len(E)
         open_ = [True] * nseg
@@ -565,10 +571,10 @@ class Simulation:
             c = C[g]
             e_g = E[g]
             k = cut(c, t)
-            dec, m = commit(g, k)
+            m = commit(g, k)
             if k < len(c) and ((k == 0 and g < G) or e_g[k] < t):
                 if k >= m:
-                    track(dec, e_g[k], c[k], True)
+                    track(decode_batch(g), e_g[k], c[k], True)
                 else:
                     track(_iteration_batch(groups[g][0], plans[g], k), e_g[k], c[k],
                           not plans[g].shapes[k].prefill)

@@ -92,7 +92,41 @@ class Trace:
         )
 
     def __iter__(self) -> Iterator[Request]:
-        return (self.request(i) for i in range(len(self)))
+        """Every row in order, the same objects as `request(i)`. Columns are converted to Python
+        values a chunk at a time: a simulation takes every row once, and indexing numpy arrays
+        one element at a time costs more than building the row (a chunk bounds the memory)."""
+        n = len(self)
+        chunk = 4096
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            yield from map(Request, range(lo, hi), *self._chunk_columns(lo, hi))
+
+    def _chunk_columns(self, lo: int, hi: int) -> list[list]:
+        """Rows lo .. hi-1 of every `Request` field after `id`, in field order, as Python values
+        (None for missing optional values, as `request` gives them)."""
+        m = hi - lo
+
+        def opt(a: np.ndarray | None) -> list:
+            if a is None:
+                return [None] * m
+            return [None if v != v else v for v in a[lo:hi].tolist()]  # NaN: none
+
+        def rows(v: list | None, default: object) -> list:
+            return [default] * m if v is None else list(v[lo:hi])
+
+        return [
+            self.arrival[lo:hi].tolist(),
+            self.prompt_len[lo:hi].tolist(),
+            self.output_len[lo:hi].tolist(),
+            rows(self.prefix_hashes, ()),
+            [self.hash_block_tokens] * m,
+            rows(self.prompt_token_ids, None),
+            [0] * m if self.priority is None else [int(v) for v in self.priority[lo:hi].tolist()],
+            rows(self.tenant, ""),
+            opt(self.ttft_slo),
+            opt(self.tpot_slo),
+            opt(self.e2e_slo),
+        ]
 
     def select(self, idx: np.ndarray) -> Trace:
         """Rows `idx` (an index or boolean array), every column kept aligned."""
