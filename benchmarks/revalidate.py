@@ -24,7 +24,13 @@ import numpy as np
 
 from backends.calibrated import CalibratedCostModel
 from backends.cost_model import BatchShape
-from benchmarks.validation_errors import iteration_table, label_runs, summarize
+from benchmarks.validation_errors import (
+    iteration_table,
+    label_runs,
+    repeat_summary,
+    repeated_runs,
+    summarize,
+)
 from benchmarks.validation_report import write_validation_report
 from sim.config import SimConfig
 from sim.results import RunResult
@@ -365,6 +371,8 @@ def recompute(
         measured, predicted, table, cost, old["mirror"], target if target is not None else old["target"],
         notes, old.get("capacity"),
     )
+    if old.get("repeats"):
+        errors["repeats"] = repeat_summary(repeated_runs(old["repeats"]), predicted.metrics, errors["target"])
     errors["trace_spec"] = spec
     errors["time_limit"] = old.get("time_limit", cfg.horizon)
     errors["seed"] = old.get("seed", cfg.seed)

@@ -75,6 +75,7 @@ from benchmarks.validation_errors import (
     label_runs,
     per_request,
     rel_error,
+    repeat_summary,
     summarize,
 )
 from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
@@ -351,6 +352,7 @@ def validate(
     target: float = DEFAULT_TARGET,
     progress: Callable[[str], None] | None = None,
     trace_spec: dict | None = None,
+    repeats: int = 1,
 ) -> ValidationResult:
     """Serve `trace` on the engine built from `engine_config` and simulate it on the mirrored replica.
 
@@ -366,12 +368,17 @@ def validate(
     out_dir: when set, the report directory is written there (see `write_validation_report`).
     trace_spec: how `trace` was cut from its file (`trace_spec_from_args`), kept in errors.json so that
         `recompute` can rebuild the same slice later.
+    repeats: serve the slice this many times (KV reset in between); the first run is the one compared
+        in detail, and errors["repeats"] gives every run's headline figures, their spread and the
+        prediction against the median run (`repeat_summary`).
     """
     from engine.llm_engine import LLMEngine
     from engine.profiler import ProfileGrid, profile_runner
 
     say = progress or (lambda _m: None)
     notes: list[str] = []
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
     if png not in (True, False, "auto"):
         raise ValueError(f"png must be True, False or 'auto', got {png!r}")
     if png is True and out_dir is not None and not png_export_available():
@@ -450,6 +457,13 @@ def validate(
     if bad:
         raise AssertionError(f"simulated replica does not mirror the engine in: {', '.join(bad)}")
     errors = summarize(measured, predicted, table, cost, mirror, target, notes, capacity)
+    if repeats > 1:
+        runs = [measured.metrics]
+        for i in range(1, repeats):
+            say(f"engine replay {i + 1} of {repeats}")
+            engine.reset_kv()
+            runs.append(engine.replay(trace, seed=seed, time_limit=time_limit).metrics)
+        errors["repeats"] = repeat_summary(runs, predicted.metrics, target)
     errors["trace_spec"] = trace_spec
     errors["time_limit"] = time_limit
     errors["seed"] = seed
@@ -507,6 +521,12 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
         "--target", type=float, default=DEFAULT_TARGET, help="|relative error| target (0.05 = 5%%)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="serve each slice this many times and report the measured spread (the first run is compared)",
+    )
     p.add_argument("--png", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--out", help="report directory (default runs/validate; with --recompute: DIR itself)")
     p.add_argument(
@@ -609,6 +629,7 @@ def main_validate(args: argparse.Namespace | None = None, **kwargs) -> list[Vali
             target=a.target,
             progress=say,
             trace_spec=trace_spec,
+            repeats=a.repeats,
         )
         results.append(res)
         engine = res.engine

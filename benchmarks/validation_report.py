@@ -194,6 +194,32 @@ def _error_table_html(errors: dict) -> str:
     )
 
 
+def _repeats_html(rp: dict | None) -> str:
+    """The headline figures of every measured run of the slice, their spread and the prediction."""
+    if not rp:
+        return ""
+    e = html.escape
+    n = rp["runs"]
+    rows = []
+    for x in rp["rows"]:
+        vals = "".join(f"<td>{e(_fmt(v, '.2f'))}</td>" for v in x["measured"])
+        spread = "—" if x["spread"] is None else f"{x['spread']:.1%}"
+        err = "—" if x["rel_error_vs_median"] is None else f"{x['rel_error_vs_median']:+.1%}"
+        inside = {True: "yes", False: "no", None: "—"}[x["predicted_within_range"]]
+        rows.append(
+            f"<tr><th>{e(x['label'])}</th>{vals}<td>{e(spread)}</td><td>{e(_fmt(x['predicted'], '.2f'))}</td>"
+            f"<td>{e(err)}</td><td>{inside}</td></tr>"
+        )
+    runs = "".join(f"<th>run {i + 1}</th>" for i in range(n))
+    return (
+        f"<section><h2>The slice served {n} times</h2><p>How much the engine's own headline figures move "
+        "between runs of the same slice, and where the prediction falls (the table above compares run 1)."
+        f"</p><table><thead><tr><th>metric</th>{runs}<th>spread (max - min) / median</th><th>predicted</th>"
+        "<th>error vs median run</th><th>prediction within the runs' range</th></tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table></section>"
+    )
+
+
 def _summary_table_html(title: str, d: dict[str, dict]) -> str:
     e = html.escape
     rows = []
@@ -255,6 +281,7 @@ def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
         "<section><h2>Predicted vs measured</h2>",
         _error_table_html(er),
         "</section>",
+        _repeats_html(er.get("repeats")),
         "<section><h2>Per request and per iteration</h2>",
         _summary_table_html("per request", er["per_request"]),
         _summary_table_html("per iteration (scheduler + step)", er["iterations"]),

@@ -377,3 +377,56 @@ def test_command_line_recompute(run, tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     assert text.count("(recomputed)") == 2 and "before" in text
     assert RunResult.read(tmp_path / "o" / "a" / "load-0.5" / "predicted").meta["kind"] == "simulation"
+
+
+def test_repeat_summary_spread_and_range() -> None:
+    from benchmarks.validation_errors import repeat_summary, repeated_runs
+
+    def metrics(ttft50: float, thr: float) -> dict:
+        return {"ttft_ms": {"p50": ttft50, "p90": 2 * ttft50}, "output_throughput": thr}
+
+    runs = [metrics(100.0, 50.0), metrics(110.0, 52.0), metrics(90.0, 51.0)]
+    rp = repeat_summary(runs, metrics(104.0, 60.0), target=0.05)
+    rows = {(x["metric"], x["stat"]): x for x in rp["rows"]}
+    t = rows[("ttft_ms", "p50")]
+    assert t["measured"] == [100.0, 110.0, 90.0] and t["median"] == 100.0
+    assert t["spread"] == pytest.approx(0.2) and t["rel_error_vs_median"] == pytest.approx(0.04)
+    assert t["predicted_within_range"] is True
+    th = rows[("output_throughput", "")]
+    assert th["predicted_within_range"] is False and th["rel_error_vs_median"] == pytest.approx(60 / 51 - 1)
+    assert rows[("tpot_ms", "p50")]["spread"] is None  # not measured: no figure, no verdict
+    assert rp["runs"] == 3 and rp["all_within_target_vs_median"] is False
+    assert rp["max_abs_rel_error_vs_median"] == pytest.approx(60 / 51 - 1)
+    # A recomputed report rebuilds the runs from what it stored.
+    again = repeat_summary(repeated_runs(rp), metrics(104.0, 60.0), target=0.05)
+    assert again == rp
+    assert "measured 3 times" in format_errors({**_errors_stub(), "repeats": rp})
+
+
+def _errors_stub() -> dict:
+    return {
+        "metrics": [],
+        "headline": {"max_abs_rel_error": None},
+        "target": 0.05,
+        "iterations": {"all": {"n": 0}},
+    }
+
+
+def test_validate_repeats_serves_the_slice_again(run, tmp_path: Path) -> None:
+    res, out = run
+    path = write_trace(tiny_trace(8, seed=3), tmp_path / "t.jsonl")
+    again = validate(
+        load_trace(path), engine_config(), profile=out / "profile.json", repeats=2,
+        out_dir=tmp_path / "rep", png=False, trace_spec={"trace": str(path)},
+    )  # fmt: skip
+    rp = again.errors["repeats"]
+    assert rp["runs"] == 2 and all(len(x["measured"]) == 2 for x in rp["rows"])
+    first = {(x["metric"], x["stat"]): x["measured"][0] for x in rp["rows"]}
+    assert first[("ttft_ms", "p50")] == again.measured.metrics["ttft_ms"]["p50"]
+    assert "The slice served 2 times" in (tmp_path / "rep" / "index.html").read_text()
+    assert json.loads((tmp_path / "rep" / "errors.json").read_text())["repeats"]["runs"] == 2
+    # Recomputing keeps what the engine measured in every run and re-judges the new prediction.
+    re = main_validate(recompute=[str(tmp_path / "rep")], png="no")[0]
+    assert [x["measured"] for x in re.errors["repeats"]["rows"]] == [x["measured"] for x in rp["rows"]]
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        validate(tiny_trace(4), engine_config(), profile=out / "profile.json", repeats=0)
