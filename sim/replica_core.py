@@ -386,24 +386,18 @@ class ReplicaCore:
         kv: list[tuple[int, int]] = []  # per member (c, capacity), see GroupPlan.kv
         dctx: list[int] = []  # per member: decode context at iteration 0 (its token count)
         fins: list[int] = []  # per member: the iteration with which it reaches its last token
-        ctx0 = max0 = 0
-        finish = _NEVER
         for s, k in zip(seqs, counts):  # the leading decoders
             c = s.num_computed_tokens
             o = s.num_output_tokens
             r = s.request
-            if k != 1 or o == 0 or c + 1 != r.prompt_len + o:  # no decode, as `shape` classifies
+            d = c + 1  # the context it attends to when it decodes
+            if k != 1 or o == 0 or d != r.prompt_len + o:  # no decode, as `shape` classifies
                 break
-            ctx0 += c + 1
-            if c >= max0:
-                max0 = c + 1
-            f = r.output_len - o - 1
-            if f < finish:
-                finish = f
             kv.append((c, len(s.block_table) * bs))
-            dctx.append(c + 1)
-            fins.append(f)
-        else:
+            dctx.append(d)
+            fins.append(r.output_len - o - 1)
+        else:  # all decode: the line's sums are the builtins' (one C pass each, no branch per member)
+            ctx0, max0, finish = sum(dctx), max(dctx, default=0), min(fins, default=_NEVER)
             return GroupPlan(seqs, [], [], [], finish, _NEVER, ctx0, max0, kv, dctx, fins)
         pf: list[int] = []  # members that compute more than their last sampled token now
         for i in range(len(kv), len(seqs)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
+from operator import attrgetter
 
 import numpy as np
 import simpy
@@ -306,6 +307,7 @@ class Simulation:
         # Per segment: a group's stretch with fixed members (the groups themselves first, then
         # what is left of a group once members finish, `split`): members, explicit stage times,
         # decode line, iteration limits. Iterations are numbered from the group's start.
+        stage_time = cost.stage_time
         seg_seqs: list[list[Sequence]] = []
         lines = []
         explicit: list[list[float]] = []
@@ -322,7 +324,8 @@ class Simulation:
             ga, gb, gc = self._decode_line(n)
             seg_seqs.append(plan.seqs)
             lines.append((ga, gb, plan.ctx0, n, gc, plan.max0))
-            explicit.append([0.0] + [cost.stage_time(sh) for sh in plan.shapes[1:]])
+            shapes = plan.shapes
+            explicit.append([0.0, *map(stage_time, shapes[1:])] if len(shapes) > 1 else [0.0])
             ms.append(plan.m)
             remaining.append(plan.finish + 1)
             limits.append(plan.stop)
@@ -507,7 +510,7 @@ class Simulation:
                 if last < 1:
                     return  # iteration 0 got its blocks when it was scheduled
                 plan = plans[g]
-                m = plan.m
+                m = ms[g]
                 needs = [last + 1] * len(plan.seqs)  # decoders: one token per iteration each
                 if m:  # members prefilling in the spelled-out iterations: their counts
                     rows = plan.counts[: min(last + 1, m)]
@@ -535,7 +538,7 @@ class Simulation:
             m = 0
             if g < G:
                 plan = plans[g]
-                m = plan.m
+                m = ms[g]
                 if m and k and core.can_complete_planned(plan, k):
                     core.complete_planned(plan, k, c[:k])
                     return m
@@ -555,7 +558,7 @@ class Simulation:
 
         nseg = len(E)
         open_ = [True] * nseg
-        if nseg > G or any(x is not None for x in end_at):
+        if nseg > G or end_at.count(None) < nseg:  # some segment ended (members finished)
             for x, g in sorted((x, g) for g, x in enumerate(end_at) if x is not None):
                 for h in range(nseg):
                     if open_[h]:
@@ -585,14 +588,14 @@ class Simulation:
         if pp == 2 and x:
             stage_free[0] = entry_t[x - 1] + entry_st[x - 1]
             stage_free[1] = entry_c[x - 1]
-            inflight.sort(key=lambda mb: mb.start)
+            inflight.sort(key=_by_start)
             return
         stage_free[:] = free0
         for e, st in zip(entry_t, entry_st):
             if e >= t:
                 break
             _enter_pipeline(stage_free, e, st)
-        inflight.sort(key=lambda mb: mb.start)
+        inflight.sort(key=_by_start)
 
     def _deferred_cut(self, pending, last_c, nxt, remaining, entry_t, stage_free, t: float) -> float | None:
         """Where a pipelined run paused at an arrival (at `t`) may be cut instead of at `t`: the
@@ -674,6 +677,7 @@ class Simulation:
 
 
 _SHORT_RUN = 64  # decode runs up to this many iterations are computed in plain floats
+_by_start = attrgetter("start")  # micro-batches in order of entry into stage 0
 
 
 class _MicroBatch:
