@@ -61,6 +61,23 @@ def replay_ms(g: torch.cuda.CUDAGraph, reps: int = 20) -> float:
     return start.elapsed_time(end) / reps
 
 
+def replay_greedy(
+    entry: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor],
+    tokens_host: torch.Tensor,
+    done: torch.cuda.Event,
+    n: int,
+) -> list[int]:
+    """Replay a captured step (graph, logits, greedy ids) and return its first n greedy ids: one
+    device-to-host copy into pinned memory, then a wait on an event (not a device-wide sync)."""
+    g, _, tokens = entry
+    g.replay()
+    out = tokens_host[:n]
+    out.copy_(tokens[:n], non_blocking=True)  # n == 0: nothing to copy, the wait still ends the step
+    done.record()
+    done.synchronize()
+    return out.tolist()
+
+
 class DecodeGraphs:
     def __init__(
         self,
@@ -271,13 +288,7 @@ class DecodeGraphs:
 
     def replay(self, size: int, b: int) -> list[int]:
         """Run bucket `size` on the staged inputs; returns the greedy ids of the first b rows."""
-        g, _, tokens = self.graphs[size]
-        g.replay()
-        out = self.tokens_host[:b]
-        out.copy_(tokens[:b], non_blocking=True)
-        self._done.record()
-        self._done.synchronize()
-        return out.tolist()
+        return replay_greedy(self.graphs[size], self.tokens_host, self._done, b)
 
     def logits(self, size: int) -> torch.Tensor:
         """The logits [bucket, vocab] of the last replay of bucket `size` (valid until the next)."""

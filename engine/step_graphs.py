@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
+from engine.cuda_graphs import replay_greedy
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
 from policies.scheduling.batch import ScheduledBatch
@@ -221,17 +222,7 @@ class StepGraphs:
 
     def replay(self, t: int, n: int) -> list[int]:
         """Run bucket `t` on the staged inputs; returns the greedy ids of the first n sampled rows."""
-        g, _, tokens = self.graphs[t]
-        g.replay()
-        if n == 0:
-            self._done.record()
-            self._done.synchronize()
-            return []
-        out = self.tokens_host[:n]
-        out.copy_(tokens[:n], non_blocking=True)
-        self._done.record()
-        self._done.synchronize()
-        return out.tolist()
+        return replay_greedy(self.graphs[t], self.tokens_host, self._done, n)
 
     def logits(self, t: int) -> torch.Tensor:
         """The logits [sampled rows, vocab] of the last replay of bucket `t` (valid until the next)."""
