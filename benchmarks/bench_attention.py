@@ -23,12 +23,13 @@ import argparse
 import contextlib
 import functools
 import gc
-import json
 import statistics
 import time
 from collections.abc import Iterator
 
 import torch
+
+from benchmarks.result_file import result_path, write_result
 
 H, KVH, D, PAGE = 32, 8, 128, 16
 CASES: dict[str, list[tuple[int, int]]] = {  # (new tokens, context after the step) per sequence
@@ -171,7 +172,9 @@ def main() -> None:
     ap.add_argument("--azure-trace", default="../shared/traces/azure_llm_2023_conv.csv")
     ap.add_argument("--mooncake-trace", default="../shared/traces/mooncake_conversation.jsonl")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", default=None, help="result JSON")
+    ap.add_argument(
+        "--out", default=None, help="result JSON (default: benchmarks/results/attention_{sweep,ab}_CARD.json)"
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA device")
@@ -179,10 +182,8 @@ def main() -> None:
         res = kernel_sweep()
     else:
         res = serving_ab(args.azure_trace, args.mooncake_trace, args.rounds)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
-        print(f"wrote {args.out}")
+    stem = "attention_sweep" if args.mode == "kernel" else "attention_ab"
+    write_result(result_path(stem, torch.cuda.get_device_name(), args.out), res)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.result_file import result_path, write_result
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_spec import DecoderSpec
@@ -293,11 +292,6 @@ def transformers_baseline(spec_name: str, batch64: bool = True) -> dict:
     return out
 
 
-def card_slug(name: str) -> str:
-    m = re.search(r"(H100|H200|A100|L40S|L4|A10G|B200|GH200)", name, re.I)
-    return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "_", name.lower())).lower()
-
-
 def azure_throughput(eng: LLMEngine, n: int = 1000, path: str | None = None, seed: int = 0) -> dict:
     """`n` requests with (prompt, output) lengths from the Azure 2023 conversation trace, all
     submitted at once (EOS ignored, so each produces its trace output length). The first `n`
@@ -442,10 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             res["batch64_speedup_vs_transformers"] = t64["output_tokens_per_s"] / base
             res["batch64_floor_speedup_vs_transformers"] = t64["floor"]["output_tokens_per_s"] / base
 
-    out = Path(args.out or f"benchmarks/results/engine_{card_slug(card)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(result_path("engine", card, args.out), res)
     return 0
 
 

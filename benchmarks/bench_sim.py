@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.result_file import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces"
 
@@ -115,8 +117,7 @@ def main() -> int:
     if args.json:
         doc = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                           f"{platform.python_implementation()} {platform.python_version()}", "runs": rows}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        write_result(Path(args.json), doc)
     return 0
 
 

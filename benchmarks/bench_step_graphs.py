@@ -14,12 +14,11 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from backends.cost_model import BatchShape
-from benchmarks.bench_engine import card_slug
+from benchmarks.result_file import result_path, write_result
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.profiler import _Synth, build_batch, release
@@ -83,11 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     card = torch.cuda.get_device_name()
-    out = Path(a.out or f"benchmarks/results/step_graphs_{card_slug(card)}.json")
     doc = {"card": card, "model": a.model, "dtype": "bfloat16", "buckets": sg.buckets, "steps": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result_path("step_graphs", card, a.out), doc)
     return 0
 
 
