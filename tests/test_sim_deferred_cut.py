@@ -12,7 +12,7 @@ import pytest
 from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation, simulate
-from tests.test_sim_pipeline_plan import _same_timeline, long_prompt_trace
+from tests.test_sim_pipeline_plan import VIDUR_PP, _same_timeline, long_prompt_trace
 from tests.test_sim_run_past_finish import short_output_trace
 
 
@@ -64,9 +64,8 @@ def test_analytic_deferred_cuts_match_stepping(monkeypatch):
     """The vidur layout (TP2 x PP2, least-work) on the analytic model: both kinds of deferral."""
     seen = _count_deferred(monkeypatch)
     tr = short_output_trace(200, 4.0, 6)
-    cfg = dict(model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=2, router="least-work",
-               max_num_batched_tokens=512, max_num_seqs=128, enable_prefix_caching=False)
-    _same_timeline(simulate(tr, SimConfig(jump=False, **cfg)), simulate(tr, SimConfig(jump=True, **cfg)))
+    stepped = simulate(tr, SimConfig(jump=False, **VIDUR_PP))
+    _same_timeline(stepped, simulate(tr, SimConfig(jump=True, **VIDUR_PP)))
     assert seen["head"] > 0 and seen["stage0"] > 0
 
 

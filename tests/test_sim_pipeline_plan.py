@@ -31,6 +31,13 @@ def long_prompt_trace(n: int, rate: float, seed: int) -> Trace:
     )
 
 
+# The speed benchmark's layout (TP2 x PP2, least-work routing, chunked prefill 512), on 2 replicas.
+VIDUR_PP = dict(
+    model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=2, router="least-work",
+    max_num_batched_tokens=512, max_num_seqs=128, enable_prefix_caching=False,
+)  # fmt: skip
+
+
 def _same_timeline(a, b) -> None:
     for k in ("first_scheduled", "first_token", "finish"):
         np.testing.assert_allclose(a.requests[k], b.requests[k], rtol=0, atol=1e-9)
@@ -89,9 +96,8 @@ def test_planned_runs_match_stepping_with_preemption(linear_cost):
 
 def test_analytic_pipeline_matches_stepping():
     tr = long_prompt_trace(120, 2.0, 5)
-    cfg = dict(model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=2, router="least-work",
-               max_num_batched_tokens=512, max_num_seqs=128, enable_prefix_caching=False)
-    _same_timeline(simulate(tr, SimConfig(jump=False, **cfg)), simulate(tr, SimConfig(jump=True, **cfg)))
+    stepped = simulate(tr, SimConfig(jump=False, **VIDUR_PP))
+    _same_timeline(stepped, simulate(tr, SimConfig(jump=True, **VIDUR_PP)))
 
 
 def test_steady_counts_follow_the_budget():

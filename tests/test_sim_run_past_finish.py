@@ -17,7 +17,7 @@ from sim.config import SimConfig
 from sim.replica_core import ReplicaCore
 from sim.results import RunRecorder
 from sim.simulator import simulate
-from tests.test_sim_pipeline_plan import _same_timeline, long_prompt_trace
+from tests.test_sim_pipeline_plan import VIDUR_PP, _same_timeline, long_prompt_trace
 from traces.schema import Request, Trace
 
 
@@ -79,9 +79,8 @@ def test_runs_past_finishes_with_prefill_match_stepping(linear_cost, monkeypatch
 def test_analytic_runs_past_finishes_match_stepping(monkeypatch):
     seen = _count_splits(monkeypatch)
     tr = short_output_trace(150, 3.0, 6)
-    cfg = dict(model="llama-2-70b", accelerator="a100-80gb", tp=2, pp=2, num_replicas=2, router="least-work",
-               max_num_batched_tokens=512, max_num_seqs=128, enable_prefix_caching=False)
-    _same_timeline(simulate(tr, SimConfig(jump=False, **cfg)), simulate(tr, SimConfig(jump=True, **cfg)))
+    stepped = simulate(tr, SimConfig(jump=False, **VIDUR_PP))
+    _same_timeline(stepped, simulate(tr, SimConfig(jump=True, **VIDUR_PP)))
     assert seen["n"] > 0
 
 
