@@ -5,7 +5,7 @@ is `schedule()` (the policy decides), then something executes the batch (a cost 
 simulator, the model runner in the engine), then `complete()` advances the bookkeeping:
 computed tokens, sampled tokens, first-token and finish times, ITLs, freed KV.
 
-`decode_run_limit()` / `complete_decode_run()` are the bulk form of `complete()` for k
+`decode_run_limit()` / `complete_decodes()` are the bulk form of `complete()` for k
 identical pure-decode iterations in a row; the simulator uses them to jump over stretches in
 which nothing arrives or finishes, and `tests/test_simulator.py` checks that the timeline is
 the same as stepping one iteration at a time.
@@ -117,7 +117,7 @@ class ReplicaCore:
 
     def finish_ahead(self, n: int) -> None:
         """`n` sequences of a run in progress finish before the next arrival: routers that
-        count requests see them gone then, though their bookkeeping (`complete_decode_run`)
+        count requests see them gone then, though their bookkeeping (`complete_decodes`)
         is applied when the run ends (`end_decode_runs` takes the count back first)."""
         self.num_outstanding -= n
         self._finished_ahead += n
@@ -557,20 +557,13 @@ class ReplicaCore:
         return GroupPlan(seqs, plan_counts, shapes, work, finish, stop, ctx0, max0, kv, dctx, fins, since,
                          pf0)
 
-    def complete_decode_run(
-        self, batch: ScheduledBatch, starts: Seq[float], ends: Seq[float], allocated: bool = False
-    ) -> None:
-        """Apply k = len(ends) decode iterations of the same batch, iteration i running from
-        starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages).
-        `allocated`: the caller has already given every sequence its blocks for all k (a
-        pipelined run allocates in its own order, to keep the peak that stepping records)."""
-        self.complete_decodes(batch.seqs, starts, ends, allocated)
-
     def complete_decodes(
         self, seqs: list[Sequence], starts: Seq[float], ends: Seq[float], allocated: bool = False
     ) -> None:
-        """`complete_decode_run` for the batch of `seqs` (a pipelined run commits a group's
-        decodes without building the batch a scheduler would have handed over)."""
+        """Apply k = len(ends) decode iterations of the same sequences `seqs`, iteration i running
+        from starts[i] to ends[i] (back to back with one stage; spaced out with pipeline stages).
+        `allocated`: the caller has already given every sequence its blocks for all k (a
+        pipelined run allocates in its own order, to keep the peak that stepping records)."""
         kv = self.kv
         k = len(ends)
         end = float(ends[-1])

@@ -222,7 +222,7 @@ class Simulation:
             if ends[j] > env.now:
                 yield env.timeout(float(ends[j]) - env.now)
         core.end_decode_runs()
-        core.complete_decode_run(batch, starts[:k], ends[:k])
+        core.complete_decodes(batch.seqs, starts[:k], ends[:k])
 
     def _pipelined_replica(self, core: ReplicaCore):
         env = self.env
