@@ -462,7 +462,7 @@ def validate(
         for i in range(1, repeats):
             say(f"engine replay {i + 1} of {repeats}")
             engine.reset_kv()
-            runs.append(engine.replay(trace, seed=seed, time_limit=time_limit).metrics)
+            runs.append(compute_metrics(engine.replay(trace, seed=seed, time_limit=time_limit)))
         errors["repeats"] = repeat_summary(runs, predicted.metrics, target)
     errors["trace_spec"] = trace_spec
     errors["time_limit"] = time_limit

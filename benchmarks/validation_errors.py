@@ -112,9 +112,12 @@ def repeat_summary(runs: list[dict], predicted: dict, target: float = DEFAULT_TA
             continue
         path = f"{r['metric']}.{r['stat']}" if r["stat"] else r["metric"]
         vals = [_get(m, path) for m in runs]
+        missing = [i + 1 for i, v in enumerate(vals) if v is None]
+        if missing and len(missing) < len(vals):  # one run lacking a figure would read as "no spread"
+            raise ValueError(f"repeat_summary: measured run(s) {missing} lack {path}, which others have")
         p = r["predicted"]
-        ok = [float(v) for v in vals if v is not None]
-        med = float(np.median(ok)) if ok else None
+        xs = [float(v) for v in vals if v is not None]
+        med = float(np.median(xs)) if xs else None
         rows.append(
             {
                 "metric": r["metric"],
@@ -122,10 +125,10 @@ def repeat_summary(runs: list[dict], predicted: dict, target: float = DEFAULT_TA
                 "label": r["label"],
                 "measured": vals,
                 "median": med,
-                "spread": (max(ok) - min(ok)) / med if ok and med else None,
+                "spread": (max(xs) - min(xs)) / med if xs and med else None,
                 "predicted": p,
                 "rel_error_vs_median": rel_error(p, med),
-                "predicted_within_range": (min(ok) <= p <= max(ok)) if ok and p is not None else None,
+                "predicted_within_range": (min(xs) <= p <= max(xs)) if xs and p is not None else None,
             }
         )
     errs = [abs(x["rel_error_vs_median"]) for x in rows if x["rel_error_vs_median"] is not None]

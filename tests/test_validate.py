@@ -401,6 +401,9 @@ def test_repeat_summary_spread_and_range() -> None:
     again = repeat_summary(repeated_runs(rp), metrics(104.0, 60.0), target=0.05)
     assert again == rp
     assert "measured 3 times" in format_errors({**_errors_stub(), "repeats": rp})
+    # A run whose metrics were never computed is a bug, not a run without spread.
+    with pytest.raises(ValueError, match=r"run\(s\) \[2\] lack ttft_ms.p50"):
+        repeat_summary([runs[0], {}, runs[2]], metrics(104.0, 60.0))
 
 
 def _errors_stub() -> dict:
@@ -421,6 +424,7 @@ def test_validate_repeats_serves_the_slice_again(run, tmp_path: Path) -> None:
     )  # fmt: skip
     rp = again.errors["repeats"]
     assert rp["runs"] == 2 and all(len(x["measured"]) == 2 for x in rp["rows"])
+    assert all(v is not None for x in rp["rows"] for v in x["measured"])  # the second run has its figures
     first = {(x["metric"], x["stat"]): x["measured"][0] for x in rp["rows"]}
     assert first[("ttft_ms", "p50")] == again.measured.metrics["ttft_ms"]["p50"]
     assert "The slice served 2 times" in (tmp_path / "rep" / "index.html").read_text()
