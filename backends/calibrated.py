@@ -14,7 +14,7 @@ computes one token, since the decode graph runs those whole; see `as_decode`). W
 run as B rows (n padded to its CUDA-graph bucket, or n without graphs), summed attended context
 ctx and longest single context max_ctx:
 
-    execute = A[B] + seq * n + b[B] * ctx + longest * max_ctx / S[B]
+    execute = A[B] + seq * n + b[B] * ctx + longest[W(B)] * max_ctx / S[B]
 
   A[B], b[B]   a line per row count B, fitted from the profile's samples of that B and interpolated
                linearly in B between profiled ones. Per-B lines, not one slope: the measured cost per
@@ -36,6 +36,9 @@ ctx and longest single context max_ctx:
                split plan fits the decode samples best (reported with the SM range giving that plan;
                rows profiled at two batch sizes identify it, noisily). The torch attention backend and
                CPU devices have no such kernel: no longest term there.
+  W(B)         the launch's key-tile width for B rows (`triton_decode_tile`): 128-key tiles below two
+               programs per SM, 64-key ones above; one longest coefficient per width, since the
+               wide tile's deeper pipeline reads a long context ~1.7x faster per key.
 
   Each context grows by one token per iteration, so ctx grows by n and max_ctx by 1: a steady
   decode stretch still costs a + b * ctx + c * max_ctx per iteration, linear, which is what
@@ -134,6 +137,17 @@ _GPU_BASE = ("fixed", "token")
 _CPU_TERMS = ("cpu_fixed", "cpu_seq")
 _SCHEDULE_TERMS = ("fixed", "seq", "prefill_seq", "prefill_token")
 _COMPLETE_TERMS = (*_SCHEDULE_TERMS, "hashed_token")
+
+
+def triton_decode_tile(rows: int, kv_heads: int, num_sms: int, dtype: str) -> int:
+    """Key-tile width of the Triton decode launch for `rows` rows (a mirror of
+    `TritonPagedAttention.launch_config`): 128-key tiles with a deeper pipeline while the
+    (sequence, KV head) grid is under two programs per SM, 64-key tiles from there and in float32.
+    The longest program's cost per key differs between the two by up to ~1.7x (a 4k decode among 31
+    short ones: 86 vs 148 us a layer on an H200), so each width gets its own `longest` coefficient."""
+    if dtype == "float32" or rows * kv_heads >= 2 * num_sms:
+        return 64
+    return 128
 
 
 def triton_decode_splits(rows: int, kv_heads: int, num_sms: int, max_context: int) -> int:
@@ -447,12 +461,23 @@ class CalibratedCostModel:
         return None
 
     # ------------------------------------------------------------------------ fitting: decode
+    def tile(self, rows: int, num_sms: int | None = None) -> int:
+        """Key-tile width of the decode attention launch for `rows` rows (0 without the Triton kernel)."""
+        sms = self.num_sms if num_sms is None else num_sms
+        if not self.splits_apply or sms is None:
+            return 0
+        return triton_decode_tile(rows, self.kv_heads, sms, self.profile.header.dtype)
+
     def _decode_design(
-        self, nc: list[tuple[int, int, int]], keys: list[int], split: tuple[int, ...]
+        self, nc: list[tuple[int, int, int]], keys: list[int], split: tuple[int, ...], tiles: tuple[int, ...]
     ) -> np.ndarray:
+        """Columns: fixed and ctx per row count, seq (with graphs), then one longest column per tile
+        width among `tiles` (the launch's width per key), in ascending width."""
         idx = {k: i for i, k in enumerate(keys)}
         nk = len(keys)
-        X = np.zeros((len(nc), 2 * nk + (1 if self.buckets else 0) + (1 if self.splits_apply else 0)))
+        widths = sorted(set(tiles)) if self.splits_apply else []
+        col = {w: 2 * nk + (1 if self.buckets else 0) + j for j, w in enumerate(widths)}
+        X = np.zeros((len(nc), 2 * nk + (1 if self.buckets else 0) + len(widths)))
         for r, (n, ctx, mx) in enumerate(nc):
             i = idx[self.rows(n)]
             X[r, i] = 1.0
@@ -460,7 +485,7 @@ class CalibratedCostModel:
             if self.buckets:
                 X[r, 2 * nk] = n
             if self.splits_apply:
-                X[r, -1] = mx / split[i]
+                X[r, col[tiles[i]]] = mx / split[i]
         return X
 
     def _fit_decode(self, samples: list[ShapeSample]) -> TermFit:
@@ -486,12 +511,13 @@ class CalibratedCostModel:
         y = np.array([samples[i].median_s for i in use])
         # The split plan: given, or the SM count whose plan fits best (ties: the smallest count).
         if self.splits_apply and self.num_sms is None:
-            plans: dict[tuple[int, ...], list[int]] = {}
+            plans: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
             for sms in SM_CANDIDATES:
-                plans.setdefault(tuple(self.splits(k, sms) for k in keys), []).append(sms)
+                key = (tuple(self.splits(k, sms) for k in keys), tuple(self.tile(k, sms) for k in keys))
+                plans.setdefault(key, []).append(sms)
             best = None
-            for plan, sms_list in plans.items():
-                X = self._decode_design(nc, keys, plan)
+            for (plan, tiles), sms_list in plans.items():
+                X = self._decode_design(nc, keys, plan, tiles)
                 c = _nnls_relative(X, y)
                 sse = float(np.sum(((X @ c - y) / y) ** 2))
                 if best is None or sse < best[0] * (1 - 1e-9):
@@ -500,19 +526,24 @@ class CalibratedCostModel:
             self.num_sms = best[2][0]
             self.sm_range = (best[2][0], best[2][-1])
         plan = tuple(self.splits(k) for k in keys)
-        X = self._decode_design(nc, keys, plan)
+        tiles = tuple(self.tile(k) for k in keys)
+        X = self._decode_design(nc, keys, plan, tiles)
         coef = _nnls_relative(X, y)
         nk = len(keys)
         self._dec_keys = keys
         self._dec_a = [float(v) for v in coef[:nk]]
         self._dec_b = [float(v) for v in coef[nk : 2 * nk]]
         self._dec_seq = float(coef[2 * nk]) if self.buckets else 0.0
-        self._dec_longest = float(coef[-1]) if self.splits_apply else 0.0
+        widths = sorted(set(tiles)) if self.splits_apply else []
+        first = 2 * nk + (1 if self.buckets else 0)
+        # Per tile width; a width no fitted row count launches (rows interpolated past the profiled
+        # ones) takes the nearest fitted width's coefficient.
+        self._dec_longest = {w: float(coef[first + j]) for j, w in enumerate(widths)}
         terms = (
             *(f"fixed[{k}]" for k in keys),
             *(f"ctx[{k}]" for k in keys),
             *(("seq",) if self.buckets else ()),
-            *(("longest",) if self.splits_apply else ()),
+            *(f"longest[{w}-key tiles]" for w in widths),
         )
         measured = [s.median_s for s in samples]
         predicted = [self._decode_execute(*x) for x in nc_all]  # type: ignore[misc]
@@ -542,7 +573,17 @@ class CalibratedCostModel:
         """(a, b, c) of the engine's decode step alone: execute = a + b * ctx + c * max_ctx."""
         r = self.rows(n)
         A, b = self._key_line(r)
-        return A + self._dec_seq * n, b, self._dec_longest / self.splits(r)
+        return A + self._dec_seq * n, b, self._longest(r) / self.splits(r)
+
+    def _longest(self, rows: int) -> float:
+        """The longest-program coefficient of the decode launch for `rows` rows (per key, before splits)."""
+        by_width = self._dec_longest
+        if not by_width:
+            return 0.0
+        w = self.tile(rows)
+        if w in by_width:
+            return by_width[w]
+        return by_width[min(by_width, key=lambda x: abs(x - w))]
 
     def _decode_execute(self, n: int, ctx: int, mx: int) -> float:
         a, b, c = self._decode_coefs(n)
@@ -816,7 +857,7 @@ class CalibratedCostModel:
                     "fixed": A,
                     "seq": self._dec_seq * n,
                     "decode_ctx": b * ctx,
-                    "longest": self._dec_longest / self.splits(r) * mx,
+                    "longest": self._longest(r) / self.splits(r) * mx,
                 }
         out["schedule"] = parts["schedule"]
         out["complete"] = parts["complete"]
@@ -870,6 +911,7 @@ class CalibratedCostModel:
                 "source": self.sm_source if self.splits_apply else None,
                 "sm_range": list(self.sm_range) if self.sm_range else None,
                 "splits": {str(k): self.splits(k) for k in self._dec_keys},
+                "tiles": {str(k): self.tile(k) for k in self._dec_keys},
             },
             "all": {
                 "n": int(e.size),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.accelerators import get_accelerator
-from backends.calibrated import CalibratedCostModel, triton_decode_splits
+from backends.calibrated import CalibratedCostModel, triton_decode_splits, triton_decode_tile
 from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
 from backends.models import get_model
 from backends.profile import (
@@ -36,7 +36,8 @@ SMS = 132
 MAX_LEN = 32768
 
 # The "true" machine the synthetic profiles are drawn from (seconds).
-DEC = {"fixed": 4e-3, "row": 5e-6, "row>64": 3e-5, "seq": 2e-6, "longest": 1.1e-6}
+# The decode kernel's longest program per key: 64-key tiles (many programs) read slower than 128-key ones.
+DEC = {"fixed": 4e-3, "row": 5e-6, "row>64": 3e-5, "seq": 2e-6, "longest[64]": 1.1e-6, "longest[128]": 0.65e-6}
 DEC |= {"ctx": 1.2e-8, "ctx_row": 8e-11}  # per-token slope of the decode line: ctx + ctx_row * rows
 GPU = {"fixed": 6e-3, "token": 2e-5, "token>512": 6e-5, "prefill_attn": 1e-10}
 GPU |= {"decode_ctx": 3e-8, "longest": 5e-7}
@@ -69,7 +70,8 @@ def true_execute(
         r = bucket(nd)
         a = DEC["fixed"] + DEC["row"] * r + DEC["row>64"] * max(0, r - 64)
         b = DEC["ctx"] + DEC["ctx_row"] * r
-        crit = DEC["longest"] * even_max(shape) / splits(r) if triton else 0.0
+        w = triton_decode_tile(r, ARCH.num_kv_heads, SMS, "bfloat16")
+        crit = DEC[f"longest[{w}]"] * even_max(shape) / splits(r) if triton else 0.0
         return a + DEC["seq"] * nd + b * ctx + crit
     t = shape.num_tokens
     graphed = bool(step_buckets) and t <= step_buckets[-1] and shape.num_seqs <= 256
@@ -225,7 +227,8 @@ def test_noise_free_fit_reproduces_the_machine() -> None:
         assert m.stage_time(s) == pytest.approx(true_execute(s) + serving_overhead(s), rel=1e-6), s
     assert m.fit_report()["all"]["max_abs_rel_error"] < 1e-6
     dec = dict(zip(m.decode_fit.terms, m.decode_fit.coef))
-    assert dec["longest"] == pytest.approx(DEC["longest"], rel=1e-6)
+    for w in (64, 128):  # one coefficient per tile width of the launch, both recovered
+        assert dec[f"longest[{w}-key tiles]"] == pytest.approx(DEC[f"longest[{w}]"], rel=1e-6)
     assert dec["seq"] == pytest.approx(DEC["seq"], rel=1e-6)
     for b in (4, 8, 16, 32, 48, 112, 160, 224):  # rows profiled at two batch sizes: line pinned down
         want = DEC["fixed"] + DEC["row"] * b + DEC["row>64"] * max(0, b - 64)
@@ -329,7 +332,7 @@ def test_the_longest_context_sets_the_decode_attention() -> None:
     assert m.stage_time(skewed) > m.stage_time(even) * 1.1
     # Without the Triton kernel (torch backend, CPU) there is no critical path term.
     cpu = CalibratedCostModel(profile=_cpu_profile())
-    assert "longest" not in cpu.decode_fit.terms and cpu.splits(4) == 1
+    assert not any(t.startswith("longest") for t in cpu.decode_fit.terms) and cpu.splits(4) == 1
     assert "prefill_kv" in cpu.prefill_fit.terms and not cpu.overlapped
 
 
@@ -357,7 +360,8 @@ def test_noisy_fit_stays_close_and_physical() -> None:
         c >= 0 for fit in (m.decode_fit, m.prefill_fit, m.schedule_fit, m.complete_fit) for c in fit.coef
     )
     dec = dict(zip(m.decode_fit.terms, m.decode_fit.coef))
-    assert dec["longest"] == pytest.approx(DEC["longest"], rel=0.15)
+    for w in (64, 128):
+        assert dec[f"longest[{w}-key tiles]"] == pytest.approx(DEC[f"longest[{w}]"], rel=0.15)
     for s in (
         BatchShape([(2048, 0)]),
         BatchShape([], 64, 64 * 2000),

@@ -90,6 +90,14 @@ def test_heuristic_splits_small_long_decodes() -> None:
     assert be.launch_config(True, 2 * be.num_sms, torch.bfloat16) == (64, 4, 2)
     assert be.launch_config(False, 10 * be.num_sms, torch.bfloat16) == (128, 8, 3)
     assert be.launch_config(False, 8, torch.float32) == (64, 8, 2)
+    # The calibrated cost model's mirrors of both choices (backends/calibrated.py) agree with the kernel.
+    from backends.calibrated import triton_decode_splits, triton_decode_tile
+
+    for rows in (1, 2, 8, 16, 32, 33, 48, 64, 256):
+        assert triton_decode_splits(rows, 8, be.num_sms, 32768) == be.num_splits(rows, 32768), rows
+        for dt, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
+            want = be.launch_config(True, rows * 8, dt)[0]
+            assert triton_decode_tile(rows, 8, be.num_sms, name) == want, (rows, name)
 
 
 def _gpu_runner(
