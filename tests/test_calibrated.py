@@ -37,7 +37,7 @@ MAX_LEN = 32768
 
 # The "true" machine the synthetic profiles are drawn from (seconds).
 # The decode kernel's longest program per key: 64-key tiles (many programs) read slower than 128-key ones.
-DEC = {"fixed": 4e-3, "row": 5e-6, "row>64": 3e-5, "seq": 2e-6, "longest[64]": 1.1e-6, "longest[128]": 0.65e-6}
+DEC = {"fixed": 4e-3, "row": 5e-6, "row>64": 3e-5, "seq": 2e-6, "longest[64]": 1.1e-6, "longest[128]": 6.5e-7}
 DEC |= {"ctx": 1.2e-8, "ctx_row": 8e-11}  # per-token slope of the decode line: ctx + ctx_row * rows
 GPU = {"fixed": 6e-3, "token": 2e-5, "token>512": 6e-5, "prefill_attn": 1e-10}
 GPU |= {"decode_ctx": 3e-8, "longest": 5e-7}
