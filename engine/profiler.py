@@ -89,7 +89,7 @@ class ProfileGrid:
     # launch lasts as long as its longest program, which uniform contexts cannot tell apart from the
     # bulk per-token cost (for a uniform batch the longest context is the sum over n); served batches
     # mix a long prompt with short ones all the time.
-    skewed_decode_batch: tuple[int, ...] = (8, 32, 64, 128, 256)
+    skewed_decode_batch: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     skewed_decode_short: int = 256
     skewed_decode_long: tuple[int, ...] = (4096, 16384)
     mixed_decode_batch: tuple[int, ...] = (4, 16, 64, 128, 224)
