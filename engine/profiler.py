@@ -78,7 +78,9 @@ _DECODE_BATCHES = (
 class ProfileGrid:
     """Iteration shapes to measure. Context values are per sequence; prefill chunks are final chunks."""
 
-    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    # 768 and 1536 let the fit bend between 512 and 2048 (a knot needs two sizes on each side), where
+    # the chunks of a 2048-token budget mostly fall
+    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192)
     prefill_cached: tuple[int, ...] = (0, 1024, 4096, 16384)
     # a step's prefill tokens spread over k prompts (no cached prefix): batched short prompts
     prefill_splits: tuple[int, ...] = (4, 16)
