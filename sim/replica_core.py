@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from operator import sub
+from operator import itemgetter, sub
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from policies.sequence import Sequence, Status
 from sim.results import RunRecorder
 
 _NEVER = 1 << 62
+_first = itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -351,6 +352,12 @@ class ReplicaCore:
         tokens fit in the free blocks beyond the capacity each one holds already."""
         bs = self.kv.block_size
         free = self.kv.num_free_blocks
+        # Quick sufficient test, at C speed: each of the n entries needs at most
+        # ceil((c + k) / bs) <= (c + k) / bs + 1 blocks (capacity >= 0), so all of them at most
+        # (sum of c + n k) / bs + n. A large pool passes it and skips the exact count.
+        n = len(cs)
+        if (sum(map(_first, cs)) + n * k_max) // bs + n <= free:
+            return k_max
 
         def blocks_needed(k: int) -> int:
             need = 0

@@ -244,19 +244,44 @@ class Simulation:
             if ev is not None and not ev.triggered:
                 ev.succeed(False)
 
-        def track(batch: ScheduledBatch, start: float, end: float, pure_decode: bool = True) -> _MicroBatch:
+        def hold(batch: ScheduledBatch, start: float, end: float, pure_decode: bool) -> _MicroBatch:
             mb = _MicroBatch(batch, start, end, pure_decode)
             for s in batch.seqs:
                 s.in_flight = True
             inflight.append(mb)
-            env.timeout(end - env.now).callbacks.append(lambda _e, mb=mb: finish(mb))
             return mb
+
+        def due(mb: _MicroBatch) -> None:
+            env.timeout(mb.end - env.now).callbacks.append(lambda _e, mb=mb: finish(mb))
+
+        def track(batch: ScheduledBatch, start: float, end: float, pure_decode: bool = True) -> None:
+            due(hold(batch, start, end, pure_decode))
+
+        # Micro-batches a run's rebuild left in flight, whose completion is not scheduled yet.
+        # Nearly always the loop starts the next run at once (same instant, no yield), which
+        # takes them over, so their completion events would only fire as no-ops; they are
+        # scheduled (`arm`) only before the process waits or steps, in the order they were
+        # tracked and before any other event of this process, at the same instant: the same
+        # times, and SimPy orders events of one time as it would have.
+        unarmed: list[_MicroBatch] = []
+
+        def track_later(batch: ScheduledBatch, start: float, end: float, pure_decode: bool = True) -> None:
+            unarmed.append(hold(batch, start, end, pure_decode))
+
+        def arm() -> None:
+            for mb in unarmed:
+                due(mb)
+            unarmed.clear()
+
+        track_run = track_later if _ARM_LATE else track
 
         while True:
             now = env.now
             batch = core.schedule(now) if (core.has_work and len(inflight) < pp) else None
             if batch is None or batch.is_empty:
                 # Wait for an arrival or a micro-batch to complete, whichever comes first.
+                if unarmed:
+                    arm()
                 waiting_ev[0] = self._wait_for_arrival(core)
                 yield waiting_ev[0]
                 core.on_arrival = None
@@ -264,10 +289,15 @@ class Simulation:
                 continue
             shape = core.shape(batch)
             if jump and _steady_pipeline(core, batch, shape, inflight):
-                yield from self._pipelined_decode_run(core, batch, shape, inflight, stage_free, track)
+                unarmed.clear()  # the run takes every micro-batch in flight over
+                yield from self._pipelined_decode_run(core, batch, shape, inflight, stage_free, track_run)
                 if stage_free[0] > env.now:
+                    if unarmed:
+                        arm()
                     yield env.timeout(stage_free[0] - env.now)
                 continue
+            if unarmed:
+                arm()
             t = _enter_pipeline(stage_free, now, cost.stage_time(shape))
             track(batch, now, t, not shape.prefill)
             # Stage 0 takes the next micro-batch once it is free.
@@ -677,6 +707,7 @@ class Simulation:
 
 
 _SHORT_RUN = 64  # decode runs up to this many iterations are computed in plain floats
+_ARM_LATE = True  # schedule the completions a run's rebuild leaves in flight only when needed (tests pin it)
 _by_start = attrgetter("start")  # micro-batches in order of entry into stage 0
 
 

@@ -47,7 +47,7 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.ref_count = [0] * num_blocks
+        self._ref_count = [0] * num_blocks  # kept only with prefix caching (see `ref_count`)
         self.block_hash: list[int | None] = [None] * num_blocks
         # Free blocks without cached content: a stack (order is irrelevant, bulk slicing is fast).
         self._clean: list[int] = list(range(num_blocks - 1, -1, -1))
@@ -63,6 +63,20 @@ class BlockManager:
         self._memo_blocks: set[int] = set()
 
     # -- queries -----------------------------------------------------------------------
+    @property
+    def ref_count(self) -> list[int]:
+        """Per block, the number of block tables that hold it. With prefix caching it is kept as
+        blocks are taken, shared and freed (the live list). Without it no block is shared and
+        every free block is clean, so the count is 1 exactly for the blocks outside the clean
+        list; it is built here on demand instead of being written for every block of every
+        table on the hot paths (a million-request simulation takes and frees tens of millions)."""
+        if self.enable_prefix_caching:
+            return self._ref_count
+        rc = [1] * self.num_blocks
+        for b in self._clean:
+            rc[b] = 0
+        return rc
+
     @property
     def num_free_blocks(self) -> int:
         """Blocks an allocation may take now (clean ones plus evictable cached ones)."""
@@ -130,7 +144,7 @@ class BlockManager:
         free = self.num_free_blocks
         if need > free:  # no room even before counting the cached blocks (a queue head blocked on KV)
             return False
-        rc = self.ref_count
+        rc = self._ref_count  # cached blocks exist only with prefix caching
         unheld = (rc[cached[0]] == 0) if len(cached) == 1 else itemgetter(*cached)(rc).count(0)
         if need + unheld > free:
             return False
@@ -160,7 +174,7 @@ class BlockManager:
         cached_free = self._cached_free
         take = self._take
         short = None
-        rc = self.ref_count
+        rc = self._ref_count if self.enable_prefix_caching else None  # see `ref_count`
         for seq, n in zip(seqs, num_new_tokens):
             table = seq.block_table
             need = -(-(seq.num_computed_tokens + n) // bs) - len(table)
@@ -168,9 +182,10 @@ class BlockManager:
                 if need <= len(clean):  # `_take` inline for its common case: clean blocks only
                     new = clean[-need:]
                     del clean[-need:]
-                    for b in new:
-                        rc[b] = 1
-                    table.extend(new)
+                    if rc is not None:
+                        for b in new:
+                            rc[b] = 1
+                    table += new
                     continue
                 if need > len(clean) + len(cached_free):
                     short = seq
@@ -190,14 +205,15 @@ class BlockManager:
     def _take(self, table: list[int], n: int) -> None:
         clean = self._clean
         k = min(n, len(clean))
-        rc = self.ref_count
+        rc = self._ref_count
         if k:
             new = clean[-k:]
             del clean[-k:]
-            for b in new:
-                rc[b] = 1
+            if self.enable_prefix_caching:  # see `ref_count`
+                for b in new:
+                    rc[b] = 1
             table.extend(new)
-        if n > k:
+        if n > k:  # cached blocks: only with prefix caching
             popitem = self._cached_free.popitem
             bh = self.block_hash
             hmap = self._hash_to_block
@@ -248,20 +264,15 @@ class BlockManager:
 
         Tail blocks are freed first so they are evicted before the shared prefix, as vLLM does.
         """
-        rc = self.ref_count
         table = seq.block_table
         if not self.enable_prefix_caching:
             # No sharing without the cache: every block is held once and has no hash, so all
-            # go to the clean list (same order as below); the check only guards the invariant
-            # (in the same pass as the reset: a million-request run frees every table once).
-            for b in table:
-                if rc[b] != 1:
-                    raise AssertionError(f"sequence {seq.id}: freeing block {b} whose ref count is {rc[b]}")
-                rc[b] = 0
+            # go to the clean list (same order as below), with no count to drop (`ref_count`).
             self._clean.extend(reversed(table))
             seq.block_table = []
             seq.num_published_blocks = 0
             return
+        rc = self._ref_count
         bh = self.block_hash
         clean = self._clean
         cached_free = self._cached_free
@@ -284,8 +295,9 @@ class BlockManager:
         cached = set(self._cached_free)
         assert len(free) == len(self._clean), "duplicate block in clean free list"
         assert not free & cached, "block both clean and cached-free"
+        ref_count = self.ref_count
         for b in range(self.num_blocks):
-            rc = self.ref_count[b]
+            rc = ref_count[b]
             assert rc >= 0, f"block {b} has negative ref count"
             assert (rc == 0) == (b in free or b in cached), f"block {b}: ref {rc} vs free lists"
             if b in free:

@@ -1,0 +1,71 @@
+"""A pipelined run's rebuild leaves micro-batches in flight whose completion events are scheduled
+only when the replica is about to wait or step (`_ARM_LATE`): the next run nearly always starts
+at once and takes them over, and their events would only fire as no-ops. Scheduling them late
+(at the same instant, before any other event of that replica) must give the very same run as
+scheduling them at once: every per-request time to the bit, the ITL histogram, the iteration
+count, the KV statistics and the simulated end time; and it must save events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim.simulator as simulator
+from backends.cost_model import ParallelLayout
+from sim.config import SimConfig
+from sim.simulator import Simulation
+from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
+from tests.test_sim_run_past_finish import short_output_trace
+
+
+def _run(monkeypatch, late: bool, tr, cfg: SimConfig, cost) -> tuple:
+    monkeypatch.setattr(simulator, "_ARM_LATE", late)
+    sim = Simulation(tr, cfg, cost)
+    scheduled = [0]
+    schedule = sim.env.schedule
+
+    def counting(*args, **kw):
+        scheduled[0] += 1
+        return schedule(*args, **kw)
+
+    sim.env.schedule = counting  # every SimPy event goes through it
+    return sim.run(), scheduled[0]
+
+
+def _identical(a, b) -> None:
+    for k, v in a.requests.items():
+        assert np.array_equal(v, b.requests[k], equal_nan=v.dtype.kind == "f"), k
+    assert np.array_equal(a.itl.counts, b.itl.counts)
+    assert a.itl.total == b.itl.total and a.itl.n == b.itl.n
+    for k in ("iterations", "sim_end", "kv"):
+        assert a.meta[k] == b.meta[k], k
+
+
+@pytest.mark.parametrize(
+    ("pp", "router", "rate", "blocks", "seed", "long"),
+    [
+        (2, "least-work", 4.0, 3000, 0, False),
+        (2, "least-requests", 6.0, 250, 1, True),
+        (3, "round-robin", 5.0, 600, 2, False),
+        (4, "least-work", 3.0, 3000, 3, True),
+    ],
+)
+def test_late_completion_events_match_immediate_ones(linear_cost, monkeypatch, pp, router, rate, blocks, seed,
+                                                     long):
+    linear_cost.per_ctx = 1e-6
+    linear_cost.layout = ParallelLayout(1, pp)
+    tr = long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+    cfg = SimConfig(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router=router, pp=pp)
+    now, events_now = _run(monkeypatch, False, tr, cfg, linear_cost)
+    late, events_late = _run(monkeypatch, True, tr, cfg, linear_cost)
+    _identical(now, late)
+    assert events_late < events_now
+
+
+def test_late_completion_events_match_on_the_benchmark_layout(monkeypatch):
+    tr = long_prompt_trace(300, 3.0, 5)
+    cfg = SimConfig(**VIDUR_PP, num_kv_blocks=2000)
+    now, events_now = _run(monkeypatch, False, tr, cfg, None)
+    late, events_late = _run(monkeypatch, True, tr, cfg, None)
+    _identical(now, late)
+    assert events_late < events_now
