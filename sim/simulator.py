@@ -9,6 +9,9 @@ keep it fast without changing the timeline:
   stretch cuts it at the end of the iteration in progress, as stepping would.
 A replica with pipeline stages keeps up to `pp` micro-batches in flight; stage contention is
 a flow-shop recurrence over per-stage free times (the model Vidur and Sarathi-Serve use).
+There the stretch is planned per micro-batch group, and an arrival, or a finish that stepping
+would schedule after, joins it as a new group where stepping would schedule the newcomer, so
+most requests cost one re-planned group instead of a new stretch.
 """
 
 from __future__ import annotations
@@ -100,6 +103,15 @@ class Simulation:
         # Pipelined runs paused at the next arrival, per replica: (advance, result, wake event).
         self._paused: dict[int, tuple] = {}
         self._lines: dict[int, tuple[float, float, float]] = {}
+        # Pipelined runs take in the batch scheduled where they would be cut (`absorb` in
+        # `_pipelined_decode_run`) when the scheduler plans steady batches; not with the prefix
+        # cache (a block published by a group in flight could serve the batch) nor with the
+        # iteration log (whose rows are appended as iterations are committed).
+        sched = self.replicas[0].scheduler
+        self._absorbing = (
+            sched.repeats_steady_decode and getattr(sched, "plans_steady_batches", False)
+            and not cfg.enable_prefix_caching and not cfg.record_iterations
+        )
 
     def _decode_line(self, n: int) -> tuple[float, float, float]:
         """The cost model's decode line for n sequences as (a, b, c), memoized (a pure function of
@@ -275,9 +287,13 @@ class Simulation:
 
         track_run = track_later if _ARM_LATE else track
 
+        scheduled: ScheduledBatch | None = None  # what a run scheduled at its end and did not take
         while True:
             now = env.now
-            batch = core.schedule(now) if (core.has_work and len(inflight) < pp) else None
+            if scheduled is not None:
+                batch, scheduled = scheduled, None
+            else:
+                batch = core.schedule(now) if (core.has_work and len(inflight) < pp) else None
             if batch is None or batch.is_empty:
                 # Wait for an arrival or a micro-batch to complete, whichever comes first.
                 if unarmed:
@@ -290,8 +306,9 @@ class Simulation:
             shape = core.shape(batch)
             if jump and _steady_pipeline(core, batch, shape, inflight):
                 unarmed.clear()  # the run takes every micro-batch in flight over
-                yield from self._pipelined_decode_run(core, batch, shape, inflight, stage_free, track_run)
-                if stage_free[0] > env.now:
+                run = self._pipelined_decode_run(core, batch, shape, inflight, stage_free, track_run)
+                scheduled = yield from run
+                if scheduled is None and stage_free[0] > env.now:
                     if unarmed:
                         arm()
                     yield env.timeout(stage_free[0] - env.now)
@@ -312,8 +329,15 @@ class Simulation:
         point where stepping would merge two micro-batches, or an arrival, whichever comes
         first. The look-ahead stops at the trace's next arrival and is extended only when that
         arrival goes to another replica (`_extend_runs`), so nothing is computed that a cut
-        throws away. The state at that moment (completed iterations, micro-batches in flight,
-        stage free times) is then rebuilt exactly as stepping would have left it."""
+        throws away. An arrival whose cut can wait for the pipeline's next scheduling point
+        (`_deferred_cut`, most of them) joins the run there when the batch then scheduled keeps
+        it steady (`absorb`), and so does the batch scheduled at a natural end where members of
+        the head finish: the groups still in flight keep their plans and go on uncommitted, so
+        an arrival costs one group's commit and plan instead of a whole new run. The state at
+        the final cut (completed iterations, micro-batches in flight, stage free times) is then
+        rebuilt exactly as stepping would have left it. Returns a batch that `absorb` scheduled
+        at the cut and could not take, for the replica loop to take instead of scheduling
+        (None: none)."""
         env = self.env
         cost = self.cost
         pp = self.cfg.pp
@@ -332,54 +356,90 @@ class Simulation:
             t += st
             stage_free[i] = t
         groups.append((batch, now, t))
-        plans = [core.plan_group(g[0]) for g in groups]
-        G = len(groups)
-        # Per segment: a group's stretch with fixed members (the groups themselves first, then
-        # what is left of a group once members finish, `split`): members, explicit stage times,
-        # decode line, iteration limits. Iterations are numbered from the group's start.
         stage_time = cost.stage_time
-        seg_seqs: list[list[Sequence]] = []
-        lines = []
-        explicit: list[list[float]] = []
-        ms = []
-        remaining = []
-        limits = []
-        dctx: list[list[int]] = []
-        fins: list[list[int]] = []
+        decode_line = self._decode_line
+        bs = core.kv.block_size
+        # Per segment: a group's stretch with fixed members (a scheduled group first, then what
+        # is left of it once members finish, `split`): members, its plan and the batch the
+        # scheduler handed over (None for a later segment), KV envelope, explicit stage times,
+        # decode line, iteration limits. Iterations are numbered from the group's start. The
+        # lists holding containers hold None for a segment once it is committed (`close`).
+        seg_seqs: list[list[Sequence] | None] = []
+        seg_plan: list[GroupPlan | None] = []
+        seg_first: list[ScheduledBatch | None] = []
+        seg_kv: list[list[tuple[int, int]] | None] = []  # per member (c, capacity), see GroupPlan.kv
+        lines: list[tuple[float, float, int, int, float, int] | None] = []
+        explicit: list[list[float] | None] = []
+        ms: list[int] = []
+        remaining: list[int] = []
+        limit: list[int] = []
+        dctx: list[list[int] | None] = []
+        fins: list[list[int] | None] = []
         end_at: list[float | None] = []  # the completion that finished members: segment over
-        kv_cs: list[tuple[int, int]] = []
-        k_max = 1
-        for plan in plans:
+        E: list[list[float] | None] = []  # per segment: its iterations' entries and completions
+        C: list[list[float] | None] = []
+        nxt: list[int] = []  # index of each segment's next iteration
+        last_c: list[float] = []
+        open_: list[bool] = []  # not committed yet
+        reserved: list[int] = []  # iterations whose blocks are taken, per segment
+        ended: list[int] = []  # segments that ended (`split`) and are not committed yet
+
+        def add_group(gbatch: ScheduledBatch, plan: GroupPlan, e: float, c: float) -> int:
+            """A scheduled group whose iteration 0 entered at e and completes at c; returns its
+            segment (its KV limit is the caller's to set)."""
             n = len(plan.seqs)
-            ga, gb, gc = self._decode_line(n)
+            ga, gb, gc = decode_line(n)
             seg_seqs.append(plan.seqs)
+            seg_plan.append(plan)
+            seg_first.append(gbatch)
+            seg_kv.append(plan.kv)
             lines.append((ga, gb, plan.ctx0, n, gc, plan.max0))
             shapes = plan.shapes
             explicit.append([0.0, *map(stage_time, shapes[1:])] if len(shapes) > 1 else [0.0])
             ms.append(plan.m)
             remaining.append(plan.finish + 1)
-            limits.append(plan.stop)
+            limit.append(plan.stop)
             dctx.append(plan.dctx)
             fins.append(plan.finishes)
             end_at.append(None)
-            kv_cs += plan.kv
-            last = max(plan.finishes) + 1 if plan.finishes else plan.finish + 1
-            k_max = max(k_max, min(last, plan.stop))
-        # Finished members only free blocks, so a limit for all members growing holds for any
-        # later segment of theirs too.
-        k_kv = core.kv_limit(kv_cs, k_max)
-        limit = [min(k_kv, s) for s in limits]
-        E = [[g[1]] for g in groups]
-        C = [[g[2]] for g in groups]
-        free0 = list(stage_free)  # stage free times after X entered
+            c_ = [c]
+            E.append([e])
+            C.append(c_)
+            nxt.append(1)
+            last_c.append(c)
+            open_.append(True)
+            reserved.append(0)
+            core.begin_decode_run(gbatch, c_, plan.work)
+            return len(E) - 1
+
+        def cap_kv(segs: list[int]) -> None:
+            """Cap `segs` (every segment in flight) at the iterations the free blocks hold for all
+            of them, counted from each one's iteration in flight (o), whose blocks are taken:
+            a member with envelope c holds at most c + o + k tokens k iterations on. Finished
+            members only free blocks, so a limit for all members growing holds for any later
+            segment of theirs too."""
+            k_max = 1
+            for g in segs:
+                f = fins[g]
+                last = max(f) + 1 if f else remaining[g]
+                k = (last if last < limit[g] else limit[g]) - nxt[g] + 1
+                if k > k_max:
+                    k_max = k
+            k_kv = _shared_kv_limit(core, [(seg_seqs[g], seg_kv[g], nxt[g] - 1) for g in segs], k_max)
+            for g in segs:
+                k = nxt[g] - 1 + k_kv
+                if k < limit[g]:
+                    limit[g] = k
+
+        for g_batch, e0, c0 in groups:
+            add_group(g_batch, core.plan_group(g_batch), e0, c0)
+        cap_kv(list(range(len(groups))))
+        free0 = list(stage_free)  # stage free times after the last scheduled group entered
         entry_t: list[float] = []  # entry time and stage time of each later entry
         entry_st: list[float] = []
         entry_c: list[float] = []  # and its completion
-        pending = deque(range(G))
-        nxt = [1] * G  # index of each segment's next iteration
-        last_c = [g[2] for g in groups]
+        pending = deque(range(len(groups)))
         result: list = []  # [stop, inclusive] once the run's natural end is known
-        decode_line = self._decode_line
 
         def split(g: int, i1: int, c0: float) -> int:
             """Segment g's iteration i1 - 1, completing at c0, finishes some members (all are
@@ -390,16 +450,21 @@ class Simulation:
             keep = [i for i, f in enumerate(fg) if f >= i1]
             core.finish_ahead(len(fg) - len(keep))
             end_at[g] = c0
+            ended.append(g)
             if not keep:
                 return -1
             seqs = seg_seqs[g]
             d = dctx[g]
+            kv = seg_kv[g]
             d2 = [d[i] for i in keep]
             f2 = [fg[i] for i in keep]
             n2 = len(keep)
             ga, gb, gc = decode_line(n2)
             g2 = len(lines)
             seg_seqs.append([seqs[i] for i in keep])
+            seg_plan.append(None)
+            seg_first.append(None)
+            seg_kv.append([kv[i] for i in keep])
             lines.append((ga, gb, sum(d2), n2, gc, max(d2)))
             explicit.append([])
             ms.append(0)
@@ -412,6 +477,8 @@ class Simulation:
             C.append([])
             nxt.append(i1)
             last_c.append(c0)
+            open_.append(True)
+            reserved.append(0)
             core.begin_run_segment(C[g2], n2)
             return g2
 
@@ -420,16 +487,20 @@ class Simulation:
             until the next group to enter completes its current iteration at or after `horizon`
             (False): every entry and completion before `horizon` is known then, which is all a
             cut by an arrival at `horizon` needs, and no stop can come before that point, since
-            the head's completion is the earliest candidate. Called again with a later horizon
-            when the arrival went elsewhere, so nothing is computed that an arrival discards.
-            A completion that finishes members of a decoding group does not end the run: the
-            group goes on without them (`split`)."""
+            the head's completion is the earliest candidate. It also stops (False) before an
+            entry that stage 0 takes after `horizon`: an arrival there joins that batch, so the
+            run can be cut where it is taken (`_deferred_cut`). Called again with a later
+            horizon when the arrival went elsewhere, so nothing is computed that an arrival
+            discards. A completion that finishes members of a decoding group does not end the
+            run: the group goes on without them (`split`)."""
             # Hot loop: plain locals, no builtins per stage (this runs once per micro-batch iteration).
             pending_, nxt_, last_c_, sf, E_, C_ = pending, nxt, last_c, stage_free, E, C
             entry_t_, entry_st_, entry_c_ = entry_t, entry_st, entry_c
             later = range(1, pp)  # stage 0 is free at entry by construction (e >= sf[0])
             two = pp == 2  # the common layout, without the loop
-            left = 200_000 - len(entry_t_)  # entries per run at most, to bound memory
+            # Entries held at most (since the start or the last take-in, which also drops the
+            # committed segments), to bound memory.
+            left = 200_000 - len(entry_t_)
             multi = len(pending_) > 1
             inclusive = False
             while True:
@@ -452,6 +523,8 @@ class Simulation:
                         continue
                     pending_[0] = g
                 e = sf[0] if sf[0] > c0 else c0
+                if e > horizon:  # stage 0 takes it after the arrival: an arrival here joins it
+                    return False
                 if multi and last_c_[pending_[1]] <= e:
                     stop = e  # stepping would schedule two completed micro-batches as one
                     break
@@ -492,54 +565,19 @@ class Simulation:
             result[:] = [stop, inclusive]
             return True
 
-        for (gb_, _, _), c, plan in zip(groups, C, plans):
-            core.begin_decode_run(gb_, c, plan.work)
-        deferred: float | None = None  # a cut moved from an arrival to the next completion
-        if advance(self._next_arrival()):
-            stop = result[0]
-            if stop > now:
-                yield self._wait_for_arrival(core, stop - now)
-        else:
-            # Paused at the next arrival: wait for one to this replica; the arrival process
-            # extends the computation (`_extend_runs`) each time one goes elsewhere.
-            wake_ev = self._wait_for_arrival(core)
-            self._paused[core.id] = (advance, result, wake_ev)
-            yield wake_ev
-            self._paused.pop(core.id, None)
-            core.on_arrival = None
-            # Woken by an arrival while the computation still stops at it (not by the timer of a
-            # natural end that an extension found, `result`): the state in `advance` is at now.
-            if not result:
-                deferred = self._deferred_cut(pending, last_c, nxt, remaining, entry_t, stage_free, env.now)
-            if deferred is not None:
-                yield env.timeout(deferred - env.now)
-        core.on_arrival = None
-        t = env.now
-        inclusive = bool(result) and result[1] and t >= result[0]  # else cut short by an arrival
-        if deferred is not None:  # the cut's own time (SimPy's sum of delays can be an ulp off)
-            t, inclusive = deferred, True
-        core.end_decode_runs()
-        cut = bisect_right if inclusive else bisect_left
-        # Rebuild: iterations completed by t are committed; an iteration entered before t (the
-        # first one of every group always was) and not completed is in flight. Segments that
-        # ended (members finished) are committed in the order of their ends, each after the
-        # blocks of every iteration entered before that end are taken: stepping allocates at
-        # entry and frees at a finish, so the peak it records is reached at one of these
-        # points (or at t). In a run blocks are only taken between finishes.
         allocate_each = core.kv.allocate_each
-        reserved = [0] * len(E)  # iterations whose blocks are taken, per segment
 
         def reserve(g: int, x: float) -> None:
             """Blocks for segment g's iterations entered before x (allocation is idempotent:
-            room for computed + n tokens)."""
+            room for computed + n tokens, from the state the segment started from)."""
             last = bisect_left(E[g], x) - 1  # last iteration entered before x
             if last < reserved[g]:
                 return
             reserved[g] = last + 1
-            if g < G:
+            plan = seg_plan[g]
+            if plan is not None:
                 if last < 1:
                     return  # iteration 0 got its blocks when it was scheduled
-                plan = plans[g]
                 m = ms[g]
                 needs = [last + 1] * len(plan.seqs)  # decoders: one token per iteration each
                 if m:  # members prefilling in the spelled-out iterations: their counts
@@ -566,51 +604,194 @@ class Simulation:
             c = C[g]
             e_g = E[g]
             m = 0
-            if g < G:
-                plan = plans[g]
+            plan = seg_plan[g]
+            if plan is not None:
                 m = ms[g]
                 if m and k and core.can_complete_planned(plan, k):
                     core.complete_planned(plan, k, c[:k])
                     return m
+                first = seg_first[g]
                 for j in range(min(k, m)):  # explicit iterations, one by one
-                    core.complete(_iteration_batch(groups[g][0], plan, j), e_g[j], c[j])
+                    core.complete(_iteration_batch(first, plan, j), e_g[j], c[j])
             if k > m:
                 core.complete_decodes(seqs, e_g[m:k], c[m:k], allocated=True)
             return m
 
         def decode_batch(g: int) -> ScheduledBatch:
             """Segment g's decode iterations as the scheduler hands one over (to track it)."""
-            if g < G:
-                plan = plans[g]
-                return groups[g][0] if plan.m == 0 else _iteration_batch(groups[g][0], plan, plan.m)
+            plan = seg_plan[g]
+            if plan is not None:
+                first = seg_first[g]
+                return first if plan.m == 0 else _iteration_batch(first, plan, plan.m)
             seqs = seg_seqs[g]
             return ScheduledBatch(list(seqs), [1] * len(seqs))
 
-        nseg = len(E)
-        open_ = [True] * nseg
-        if nseg > G or end_at.count(None) < nseg:  # some segment ended (members finished)
-            for x, g in sorted((x, g) for g, x in enumerate(end_at) if x is not None):
-                for h in range(nseg):
-                    if open_[h]:
-                        reserve(h, x)
-                commit(g, len(C[g]))
-                open_[g] = False
-        for g in range(nseg):
-            if open_[g]:
+        def close(g: int) -> None:
+            """Segment g is committed: drop what it holds (None), since a run that takes in
+            arrivals can last as long as the replay: containers left alive would also make the
+            cyclic garbage collector run (and walk them) again and again."""
+            open_[g] = False
+            seg_plan[g] = seg_first[g] = seg_seqs[g] = seg_kv[g] = lines[g] = explicit[g] = None
+            dctx[g] = fins[g] = E[g] = C[g] = None
+
+        def commit_ended(t: float, lazy: bool = False) -> list[int]:
+            """Commit the segments that ended (members finished) in the order of their ends, each
+            after the blocks of every iteration entered before that end are taken: stepping
+            allocates at entry and frees at a finish, so the peak it records is reached at one
+            of these points (or at t); in a run blocks are only taken between finishes. Then
+            take the blocks of the iterations entered before t (`lazy`: only the head's, see
+            `absorb`). Returns the segments in flight (still open), in index order."""
+            live = sorted(pending)
+            if ended:
+                live_all = sorted({*pending, *ended})
+                for x, g in sorted([(end_at[g], g) for g in ended]):
+                    for h in live_all:
+                        if open_[h]:
+                            reserve(h, x)
+                    commit(g, len(C[g]))
+                    close(g)
+                ended.clear()
+            if lazy:
+                reserve(pending[0], t)
+                return live
+            for g in live:
                 reserve(g, t)
-        for g in range(nseg):
-            if not open_[g]:
-                continue
+            return live
+
+        def room_for_all(t: float) -> bool:
+            """Whether the free blocks outlast, with a margin, both what the groups in flight
+            behind the head would take for their iterations entered before t (at most one block
+            per member for each block size of iterations, plus one) and what any batch
+            scheduled at t can take (its token budget in blocks, plus one per sequence); their
+            spelled-out iterations are not bounded here. Then the scheduler finds the same
+            room with those blocks taken or not, so `absorb` may leave them to the next commit
+            point (all before the next free, where the peak is reached)."""
+            need = -(-self.cfg.max_num_batched_tokens // bs) + len(core.running) + len(core.waiting) + 1
+            for i in range(1, len(pending)):
+                g = pending[i]
+                if ms[g] > reserved[g]:
+                    return False
+                need += len(seg_seqs[g]) * (-(-(nxt[g] - reserved[g]) // bs) + 1)
+            return need <= core.kv.num_free_blocks
+
+        def absorb(t: float) -> ScheduledBatch | None:
+            """At `t`, where a deferred cut would end the run (the head of the full pipeline has
+            completed and stage 0 is free, `_deferred_cut`), do what stepping does there: commit
+            the head (and what ended) and schedule. When the batch keeps the run steady (the
+            conditions of `_steady_pipeline`), it enters as a new group and the run goes on
+            (None): the groups in flight keep their plans, which are what a new run would plan
+            for them (a plan's continuation is the plan of the state it reaches), and only
+            their KV limit is taken again. Otherwise the batch is returned for the replica loop
+            to take after the run is cut at `t`."""
+            core.end_decode_runs()
+            head = pending[0]
+            # The blocks of the groups behind the head wait for the next commit point when the
+            # head's commit frees none (no finish: the peak is not reached here) and room is ample.
+            commit_ended(t, nxt[head] < remaining[head] and room_for_all(t))
+            pending.popleft()
+            commit(head, len(C[head]))
+            close(head)
+            n_flight = 0
+            for g in pending:
+                seqs = seg_seqs[g]
+                for s in seqs:
+                    s.in_flight = True  # the scheduler passes them over, as stepping's would
+                n_flight += len(seqs)
+            now = env.now
+            new = core.schedule(now)
+            if not _absorbable(core, new, n_flight):
+                return new
+            # The new group enters stage 0 now, as stepping would enter it.
+            plan = core.plan_group(new)
+            st = stage_time(_first_shape(plan))
+            c = now
+            for i in range(pp):
+                f = stage_free[i]
+                if f > c:
+                    c = f
+                c += st
+                stage_free[i] = c
+            for g in pending:  # the router's view of the groups in flight, uncommitted as before
+                p = seg_plan[g]
+                if p is not None:
+                    core.begin_decode_run(seg_first[g], C[g], p.work)
+                else:
+                    core.begin_run_segment(C[g], len(seg_seqs[g]))
+            pending.append(add_group(new, plan, now, c))
+            cap_kv(list(pending))
+            # Its entry is the run's new starting point, as X's is (a cut at its entry keeps it).
+            free0[:] = stage_free
+            entry_t.clear()
+            entry_st.clear()
+            entry_c.clear()
+            return None
+
+        can_absorb = self._absorbing
+        scheduled: ScheduledBatch | None = None  # what `absorb` scheduled and could not take
+        while True:
+            deferred: float | None = None  # a cut moved from an arrival to the next completion
+            if advance(self._next_arrival()):
+                stop = result[0]
+                if stop > env.now:
+                    yield self._wait_for_arrival(core, stop - env.now)
+                    core.on_arrival = None
+            else:
+                # Paused at the next arrival: wait for one to this replica; the arrival process
+                # extends the computation (`_extend_runs`) each time one goes elsewhere.
+                wake_ev = self._wait_for_arrival(core)
+                self._paused[core.id] = (advance, result, wake_ev)
+                yield wake_ev
+                self._paused.pop(core.id, None)
+                core.on_arrival = None
+                # Woken by an arrival while the computation still stops at it (not by the timer
+                # of a natural end that an extension found, `result`): the state in `advance` is
+                # at now.
+                if not result:
+                    now = env.now
+                    deferred = self._deferred_cut(pending, last_c, nxt, remaining, entry_t, stage_free, now)
+                    if deferred is None:
+                        break
+                    yield env.timeout(deferred - env.now)
+                    if not can_absorb or stage_free[0] > env.now:
+                        break
+                    scheduled = absorb(deferred)
+                    if scheduled is not None:
+                        break
+                    continue
+            # The natural end, reached. At a completion that finishes members of the head (the
+            # others complete later) stepping schedules, when stage 0 is free by then, so the
+            # run can take that batch as it takes an arrival's.
+            stop = result[0]
+            if not (
+                can_absorb and result[1] and env.now == stop and pending and stage_free[0] <= stop
+                and (len(pending) == 1 or last_c[pending[1]] > stop)
+            ):
+                break
+            deferred = stop
+            result.clear()
+            scheduled = absorb(stop)
+            if scheduled is not None:
+                break
+        core.on_arrival = None
+        t = env.now
+        inclusive = bool(result) and result[1] and t >= result[0]  # else cut short by an arrival
+        if deferred is not None:  # the cut's own time (SimPy's sum of delays can be an ulp off)
+            t, inclusive = deferred, True
+        core.end_decode_runs()
+        cut = bisect_right if inclusive else bisect_left
+        # Rebuild: iterations completed by t are committed; an iteration entered before t (the
+        # first one of every scheduled group always was) and not completed is in flight.
+        for g in commit_ended(t):
             c = C[g]
             e_g = E[g]
             k = cut(c, t)
             m = commit(g, k)
-            if k < len(c) and ((k == 0 and g < G) or e_g[k] < t):
+            if k < len(c) and ((k == 0 and seg_plan[g] is not None) or e_g[k] < t):
                 if k >= m:
                     track(decode_batch(g), e_g[k], c[k], True)
                 else:
-                    track(_iteration_batch(groups[g][0], plans[g], k), e_g[k], c[k],
-                          not plans[g].shapes[k].prefill)
+                    plan = seg_plan[g]
+                    track(_iteration_batch(seg_first[g], plan, k), e_g[k], c[k], not plan.shapes[k].prefill)
         # Stage free times as they were after the last entry before t. Each entry leaves every
         # stage free at the moment it leaves that stage, so with two stages they are its entry
         # plus its stage time and its completion; with more, the recurrence is replayed.
@@ -619,35 +800,46 @@ class Simulation:
             stage_free[0] = entry_t[x - 1] + entry_st[x - 1]
             stage_free[1] = entry_c[x - 1]
             inflight.sort(key=_by_start)
-            return
+            return scheduled
         stage_free[:] = free0
         for e, st in zip(entry_t, entry_st):
             if e >= t:
                 break
             _enter_pipeline(stage_free, e, st)
         inflight.sort(key=_by_start)
+        return scheduled
 
     def _deferred_cut(self, pending, last_c, nxt, remaining, entry_t, stage_free, t: float) -> float | None:
         """Where a pipelined run paused at an arrival (at `t`) may be cut instead of at `t`: the
-        next point at which stepping schedules, when every one of the `pp` stages' groups is in
-        flight and no entry was computed at or after `t`. Stepping schedules nothing before
-        that point: with `pp` micro-batches in flight the replica loop only waits (the arrival
-        wakes it, it finds the pipeline full and waits again), and while stage 0 is busy it
-        sleeps until stage 0 is free. So the point is the completion of the group at the head
-        of the pipeline or, if later, the moment stage 0 is free; the head's completion is the
-        only one up to it (micro-batches leave the pipeline in the order they entered, and the
-        next one must leave after it), so the run's computation up to there is what stepping
-        would do, and the cut commits the head's completion in bulk (as a run's natural end at
-        a finish does) instead of leaving it to a stepped micro-batch. None: cut at `t` as
+        next point at which stepping schedules, when no entry was computed at or after `t` and
+        either every one of the `pp` stages' groups is in flight or the head has completed and
+        waits for stage 0. Stepping schedules nothing before that point: with `pp`
+        micro-batches in flight the replica loop only waits (the arrival wakes it, it finds the
+        pipeline full and waits again), and while stage 0 is busy it sleeps until stage 0 is
+        free. So the point is the completion of the group at the head of the pipeline or, if
+        later, the moment stage 0 is free; the head's completion is the only one up to it
+        (micro-batches leave the pipeline in the order they entered, and the next one must
+        leave after it), so the run's computation up to there is what stepping would do, and
+        the cut commits the head's completion in bulk (as a run's natural end at a finish does)
+        instead of leaving it to a stepped micro-batch; the run then takes in what is scheduled
+        there (`absorb`). The second case is taken only when runs absorb (`_absorbing`): cut
+        without absorbing, it would only commit the same iterations later. None: cut at `t` as
         before. Nothing here depends on the scheduler, which is consulted by neither path
         between `t` and that point."""
-        if len(pending) != self.cfg.pp or (entry_t and entry_t[-1] >= t):
+        if entry_t and entry_t[-1] >= t:
             return None
         head = pending[0]
         c0 = last_c[head]
-        if c0 <= t:
+        if c0 < t:
+            # The head has completed and waits for stage 0 (`advance` stops before an entry
+            # after t): stepping sleeps until stage 0 is free and schedules then, whether or
+            # not the pipeline is full.
+            if len(pending) < 2 or stage_free[0] <= t or not self._absorbing:
+                return None
+            cut = stage_free[0]
+        elif len(pending) != self.cfg.pp or c0 == t:
             return None
-        if stage_free[0] > c0:
+        elif stage_free[0] > c0:
             if nxt[head] >= remaining[head]:
                 # That completion finishes members: a router counting requests must see them go
                 # at c0, before the cut, so it is left to stepping.
@@ -762,6 +954,57 @@ def _steady_pipeline(
     if mixed and not getattr(sched, "plans_steady_batches", False):
         return False
     return n == len(core.running)
+
+
+def _shared_kv_limit(
+    core: ReplicaCore, groups: list[tuple[list[Sequence], list[tuple[int, int]], int]], k_max: int
+) -> int:
+    """`ReplicaCore.kv_limit` for groups given as (members, their envelopes (c, capacity), o):
+    from its iteration in flight o, whose blocks are taken, a member with envelope c holds at
+    most c + o + k tokens k iterations on, in its block table now (o > 0) or in the envelope's
+    capacity, as scheduled (o == 0). The common case, room for all of them for k_max
+    iterations, is one pass that builds no pairs; otherwise `kv_limit` searches."""
+    bs = core.kv.block_size
+    need = 0
+    for seqs, kv, o in groups:
+        if o:
+            for s, (c, _) in zip(seqs, kv):
+                over = c + o + k_max - len(s.block_table) * bs
+                if over > 0:
+                    need -= -over // bs
+        else:
+            for c, cap in kv:
+                over = c + k_max - cap
+                if over > 0:
+                    need -= -over // bs
+    if need <= core.kv.num_free_blocks:
+        return k_max
+    cs: list[tuple[int, int]] = []
+    for seqs, kv, o in groups:
+        if o:
+            cs += [(c + o, len(s.block_table) * bs) for s, (c, _) in zip(seqs, kv)]
+        else:
+            cs += kv
+    return core.kv_limit(cs, k_max)
+
+
+def _absorbable(core: ReplicaCore, batch: ScheduledBatch, n_flight: int) -> bool:
+    """Whether a batch scheduled where a pipelined run would end keeps the run steady, as
+    `_steady_pipeline` would find it (the run's scheduler plans steady batches,
+    `Simulation._absorbing`): something was scheduled, nobody waits, nothing was preempted and
+    every running sequence is in it or in a group in flight (`n_flight` sequences)."""
+    if batch.is_empty or core.waiting or batch.preempted:
+        return False
+    return len(batch.seqs) + n_flight == len(core.running)
+
+
+def _first_shape(plan: GroupPlan) -> BatchShape:
+    """The shape of a planned group's iteration 0, the batch as scheduled: what
+    `ReplicaCore.shape` makes of it (the plan classifies members the same way, lists prefill
+    chunks in member order and sums the same integers), without another pass over it."""
+    if plan.m:
+        return plan.shapes[0]
+    return BatchShape([], len(plan.seqs), plan.ctx0, plan.max0)
 
 
 def _iteration_batch(first: ScheduledBatch, plan: GroupPlan, j: int) -> ScheduledBatch:
