@@ -248,7 +248,7 @@ class ReplicaCore:
         get published (prefix caching publishes per iteration, in member order) and no
         iteration rows are kept."""
         return (
-            plan.finish >= min(k, plan.m)
+            plan.finish >= min(k, len(plan.counts))
             and not self.kv.enable_prefix_caching
             and not self.recorder.record_iterations
         )
@@ -264,7 +264,7 @@ class ReplicaCore:
         seqs = plan.seqs
         since = plan.since
         counts = plan.counts
-        kx = min(k, plan.m)  # spelled-out iterations among them
+        kx = min(k, len(counts))  # spelled-out iterations among them (plan.m)
         end = ends[k - 1]
         gaps: list[float] = []  # inter-token latencies that are not a shared spacing
         nd = 0  # members decoding throughout

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 import numpy as np
 import simpy
@@ -131,7 +131,10 @@ class Simulation:
             if t > env.now:
                 yield env.timeout(t - env.now)
             r = route(req, replicas, env.now)
-            replicas[r].add(Sequence(req), env.now)
+            if replicas[r].add(Sequence(req), env.now) and paused:
+                # The arrival woke a run paused there (`add` calls its hook): it is cut, so it
+                # is not extended any more (its process drops it from `_paused` too, later).
+                paused.pop(r, None)
             self.routed = i + 1
             if paused:
                 self._extend_runs()
@@ -145,9 +148,7 @@ class Simulation:
         """After an arrival: paused pipelined runs that it did not cut compute on to the next
         arrival; one that reaches its natural end gets its timer."""
         horizon = self._next_arrival()
-        for cid, (advance, result, ev) in list(self._paused.items()):
-            if ev.triggered:  # the arrival came to this replica: the run is cut
-                continue
+        for cid, (advance, result, _ev) in list(self._paused.items()):  # not cut (`_arrivals`)
             if advance(horizon):
                 del self._paused[cid]
                 core = self.replicas[cid]
@@ -368,10 +369,12 @@ class Simulation:
         seg_plan: list[GroupPlan | None] = []
         seg_first: list[ScheduledBatch | None] = []
         seg_kv: list[list[tuple[int, int]] | None] = []  # per member (c, capacity), see GroupPlan.kv
+        kv_c: list[int] = []  # per segment: the sum of its members' c
         lines: list[tuple[float, float, int, int, float, int] | None] = []
         explicit: list[list[float] | None] = []
         ms: list[int] = []
         remaining: list[int] = []
+        span: list[int] = []  # iterations until the last member's finish (or until `remaining`)
         limit: list[int] = []
         dctx: list[list[int] | None] = []
         fins: list[list[int] | None] = []
@@ -393,11 +396,13 @@ class Simulation:
             seg_plan.append(plan)
             seg_first.append(gbatch)
             seg_kv.append(plan.kv)
+            kv_c.append(sum(map(_first, plan.kv)))
             lines.append((ga, gb, plan.ctx0, n, gc, plan.max0))
             shapes = plan.shapes
             explicit.append([0.0, *map(stage_time, shapes[1:])] if len(shapes) > 1 else [0.0])
-            ms.append(plan.m)
+            ms.append(len(plan.counts))  # plan.m without the property call
             remaining.append(plan.finish + 1)
+            span.append(max(plan.finishes) + 1 if plan.finishes else plan.finish + 1)
             limit.append(plan.stop)
             dctx.append(plan.dctx)
             fins.append(plan.finishes)
@@ -420,12 +425,22 @@ class Simulation:
             segment of theirs too."""
             k_max = 1
             for g in segs:
-                f = fins[g]
-                last = max(f) + 1 if f else remaining[g]
+                last = span[g]
                 k = (last if last < limit[g] else limit[g]) - nxt[g] + 1
                 if k > k_max:
                     k_max = k
-            k_kv = _shared_kv_limit(core, [(seg_seqs[g], seg_kv[g], nxt[g] - 1) for g in segs], k_max)
+            # Quick sufficient test first, as `ReplicaCore.kv_limit`'s: a member needs at most
+            # ceil((c + o + k) / bs) <= (c + o + k) / bs + 1 blocks more (it holds >= 0), so all
+            # of them at most (their sum) // bs + their count. A large pool passes it.
+            n_all = tokens = 0
+            for g in segs:
+                n = len(seg_seqs[g])
+                n_all += n
+                tokens += kv_c[g] + n * (nxt[g] - 1 + k_max)
+            if _KV_QUICK and tokens // bs + n_all <= core.kv.num_free_blocks:
+                k_kv = k_max
+            else:
+                k_kv = _shared_kv_limit(core, [(seg_seqs[g], seg_kv[g], nxt[g] - 1) for g in segs], k_max)
             for g in segs:
                 k = nxt[g] - 1 + k_kv
                 if k < limit[g]:
@@ -447,28 +462,48 @@ class Simulation:
             waits: an arrival would have cut the run), one token each on their own decode line.
             Returns the segment that goes on (-1: none left)."""
             fg = fins[g]
-            keep = [i for i, f in enumerate(fg) if f >= i1]
-            core.finish_ahead(len(fg) - len(keep))
-            end_at[g] = c0
-            ended.append(g)
-            if not keep:
-                return -1
             seqs = seg_seqs[g]
             d = dctx[g]
             kv = seg_kv[g]
-            d2 = [d[i] for i in keep]
-            f2 = [fg[i] for i in keep]
-            n2 = len(keep)
+            end_at[g] = c0
+            ended.append(g)
+            if _SPLIT_ONE and len(fg) > 1 and fg.count(i1 - 1) == 1 and min(fg) == i1 - 1:
+                # One member finishes (the common case): the others' lists are copies without
+                # it, in C, the same lists as the general path's.
+                x = fg.index(i1 - 1)
+                core.finish_ahead(1)
+                seqs2 = seqs.copy()
+                del seqs2[x]
+                d2 = d.copy()
+                del d2[x]
+                f2 = fg.copy()
+                del f2[x]
+                kv2 = kv.copy()
+                del kv2[x]
+                kv_c2 = kv_c[g] - kv[x][0]
+            else:
+                keep = [i for i, f in enumerate(fg) if f >= i1]
+                core.finish_ahead(len(fg) - len(keep))
+                if not keep:
+                    return -1
+                seqs2 = [seqs[i] for i in keep]
+                d2 = [d[i] for i in keep]
+                f2 = [fg[i] for i in keep]
+                kv2 = [kv[i] for i in keep]
+                kv_c2 = sum(map(_first, kv2))
+            n2 = len(f2)
             ga, gb, gc = decode_line(n2)
             g2 = len(lines)
-            seg_seqs.append([seqs[i] for i in keep])
+            seg_seqs.append(seqs2)
             seg_plan.append(None)
             seg_first.append(None)
-            seg_kv.append([kv[i] for i in keep])
+            seg_kv.append(kv2)
+            kv_c.append(kv_c2)
             lines.append((ga, gb, sum(d2), n2, gc, max(d2)))
             explicit.append([])
             ms.append(0)
             remaining.append(min(f2) + 1)
+            span.append(max(f2) + 1)
             limit.append(limit[g])
             dctx.append(d2)
             fins.append(f2)
@@ -502,12 +537,17 @@ class Simulation:
             # committed segments), to bound memory.
             left = 200_000 - len(entry_t_)
             multi = len(pending_) > 1
-            inclusive = False
+            inclusive = paused = False
+            # Stage free times in locals while the loop runs (stored back when it stops): stage 0
+            # always, stage 1 too with two stages.
+            s0 = sf[0]
+            s1 = sf[1] if two else 0.0
             while True:
                 g = pending_[0]
                 c0 = last_c_[g]
                 if c0 >= horizon:
-                    return False
+                    paused = True
+                    break
                 i1 = nxt_[g]
                 if i1 >= remaining[g]:
                     if not fins[g]:
@@ -522,9 +562,10 @@ class Simulation:
                         multi = len(pending_) > 1
                         continue
                     pending_[0] = g
-                e = sf[0] if sf[0] > c0 else c0
+                e = s0 if s0 > c0 else c0
                 if e > horizon:  # stage 0 takes it after the arrival: an arrival here joins it
-                    return False
+                    paused = True
+                    break
                 if multi and last_c_[pending_[1]] <= e:
                     stop = e  # stepping would schedule two completed micro-batches as one
                     break
@@ -539,13 +580,12 @@ class Simulation:
                     if gc:
                         st = st + gc * (gmax + i1)
                 t = e + st
-                sf[0] = t
+                s0 = t
                 if two:
-                    f = sf[1]
-                    if f > t:
-                        t = f
+                    if s1 > t:
+                        t = s1
                     t += st
-                    sf[1] = t
+                    s1 = t
                 else:
                     for j in later:
                         f = sf[j]
@@ -562,6 +602,11 @@ class Simulation:
                 entry_c_.append(t)
                 left -= 1
                 pending_.rotate(-1)
+            sf[0] = s0
+            if two:
+                sf[1] = s1
+            if paused:
+                return False
             result[:] = [stop, inclusive]
             return True
 
@@ -640,14 +685,18 @@ class Simulation:
             allocates at entry and frees at a finish, so the peak it records is reached at one
             of these points (or at t); in a run blocks are only taken between finishes. Then
             take the blocks of the iterations entered before t (`lazy`: only the head's, see
-            `absorb`). Returns the segments in flight (still open), in index order."""
+            `absorb`). The others' blocks at an end wait for a later point when they cannot
+            raise the peak there (`peak_in_reach`, `defer_ok`): taken later, they are the same
+            count. Returns the segments in flight (still open), in index order."""
             live = sorted(pending)
             if ended:
                 live_all = sorted({*pending, *ended})
                 for x, g in sorted([(end_at[g], g) for g in ended]):
-                    for h in live_all:
-                        if open_[h]:
-                            reserve(h, x)
+                    reserve(g, x)  # its own, before its commit (taken in any order, the same count)
+                    if not defer_ok or peak_in_reach(g, live_all):
+                        for h in live_all:
+                            if open_[h]:
+                                reserve(h, x)
                     commit(g, len(C[g]))
                     close(g)
                 ended.clear()
@@ -657,6 +706,31 @@ class Simulation:
             for g in live:
                 reserve(g, t)
             return live
+
+        kv_stats = core.kv.stats
+        # Blocks may be taken later only where nothing else observes when: iteration rows record
+        # the used count at each commit, and the prefix cache's eviction order follows the ids.
+        defer_ok = (
+            _DEFER_RESERVES and not core.recorder.record_iterations and not core.kv.enable_prefix_caching
+        )
+
+        def peak_in_reach(g: int, live_all: list[int]) -> bool:
+            """Whether the blocks of the open segments other than g for their iterations not
+            reserved yet could take the used count above the recorded peak: at most one block
+            per member for each block size of iterations, plus one, once their spelled-out
+            iterations are reserved (those are not bounded here: True). When they cannot, the
+            peak stepping records at g's end is the one recorded already, and those blocks
+            may be taken at the next commit point (nothing reads the free count in between)."""
+            room = kv_stats.peak_used_blocks - core.kv.num_used_blocks
+            for h in live_all:
+                if h != g and open_[h]:
+                    r = reserved[h]
+                    if ms[h] > r:
+                        return True
+                    room -= len(seg_seqs[h]) * (-(-(len(E[h]) - r) // bs) + 1)
+                    if room < 0:
+                        return True
+            return False
 
         def room_for_all(t: float) -> bool:
             """Whether the free blocks outlast, with a margin, both what the groups in flight
@@ -900,7 +974,11 @@ class Simulation:
 
 _SHORT_RUN = 64  # decode runs up to this many iterations are computed in plain floats
 _ARM_LATE = True  # schedule the completions a run's rebuild leaves in flight only when needed (tests pin it)
+_DEFER_RESERVES = True  # take blocks that cannot raise the peak at a later commit point (tests pin it)
+_KV_QUICK = True  # a run's KV cap tries a sufficient one-pass bound before the exact count (tests pin it)
+_SPLIT_ONE = True  # a segment losing one member copies its lists without it (tests pin it)
 _by_start = attrgetter("start")  # micro-batches in order of entry into stage 0
+_first = itemgetter(0)
 
 
 class _MicroBatch:
@@ -1002,7 +1080,7 @@ def _first_shape(plan: GroupPlan) -> BatchShape:
     """The shape of a planned group's iteration 0, the batch as scheduled: what
     `ReplicaCore.shape` makes of it (the plan classifies members the same way, lists prefill
     chunks in member order and sums the same integers), without another pass over it."""
-    if plan.m:
+    if plan.shapes:  # plan.m > 0
         return plan.shapes[0]
     return BatchShape([], len(plan.seqs), plan.ctx0, plan.max0)
 
