@@ -567,7 +567,12 @@ class Simulation:
                     paused = True
                     break
                 if multi and last_c_[pending_[1]] <= e:
-                    stop = e  # stepping would schedule two completed micro-batches as one
+                    # Stepping would schedule two completed micro-batches as one. The cut keeps
+                    # a completion at e itself (the second group's, when it leaves the last stage
+                    # just as stage 0 frees, common with equal stage times): stepping's loop
+                    # wakes at e after it (its event was set up at that group's entry, before
+                    # the wake-up's), so it schedules that group too.
+                    stop, inclusive = e, True
                     break
                 if i1 >= limit[g] or left <= 0:  # KV or the plan's own limit
                     stop = e
@@ -684,10 +689,11 @@ class Simulation:
             after the blocks of every iteration entered before that end are taken: stepping
             allocates at entry and frees at a finish, so the peak it records is reached at one
             of these points (or at t); in a run blocks are only taken between finishes. Then
-            take the blocks of the iterations entered before t (`lazy`: only the head's, see
-            `absorb`). The others' blocks at an end wait for a later point when they cannot
-            raise the peak there (`peak_in_reach`, `defer_ok`): taken later, they are the same
-            count. Returns the segments in flight (still open), in index order."""
+            take the blocks of the iterations entered before t (`lazy`: the head's, and the
+            others' only when `room_for_all` fails with the head's taken; see `absorb`). The
+            others' blocks at an end wait for a later point when they cannot raise the peak there
+            (`peak_in_reach`, `defer_ok`): taken later, they are the same count. Returns the
+            segments in flight (still open), in index order."""
             live = sorted(pending)
             if ended:
                 live_all = sorted({*pending, *ended})
@@ -702,7 +708,8 @@ class Simulation:
                 ended.clear()
             if lazy:
                 reserve(pending[0], t)
-                return live
+                if room_for_all(t):  # asked with the head's blocks taken: they are not free
+                    return live
             for g in live:
                 reserve(g, t)
             return live
@@ -739,7 +746,9 @@ class Simulation:
             scheduled at t can take (its token budget in blocks, plus one per sequence); their
             spelled-out iterations are not bounded here. Then the scheduler finds the same
             room with those blocks taken or not, so `absorb` may leave them to the next commit
-            point (all before the next free, where the peak is reached)."""
+            point (all before the next free, where the peak is reached). Asked once the head's
+            blocks are taken (`commit_ended`): counting them as free let a batch take them and
+            the groups behind the head run out of blocks they had been planned with."""
             need = -(-self.cfg.max_num_batched_tokens // bs) + len(core.running) + len(core.waiting) + 1
             for i in range(1, len(pending)):
                 g = pending[i]
@@ -760,8 +769,9 @@ class Simulation:
             core.end_decode_runs()
             head = pending[0]
             # The blocks of the groups behind the head wait for the next commit point when the
-            # head's commit frees none (no finish: the peak is not reached here) and room is ample.
-            commit_ended(t, nxt[head] < remaining[head] and room_for_all(t))
+            # head's commit frees none (no finish: the peak is not reached here) and room is ample
+            # once the head's blocks are taken (`commit_ended`).
+            commit_ended(t, nxt[head] < remaining[head])
             pending.popleft()
             commit(head, len(C[head]))
             close(head)

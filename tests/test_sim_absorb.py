@@ -121,6 +121,21 @@ def test_kv_peak_with_blocks_left_to_the_next_commit(linear_cost, rate, blocks, 
                    simulate(tr, SimConfig(jump=True, **cfg), linear_cost))
 
 
+def test_room_for_the_groups_behind_the_head_counts_the_heads_blocks(linear_cost):
+    """A take-in left the blocks of a group behind the head to the next commit point on a room
+    check made before the head's own blocks were taken; the batch scheduled then took the
+    rest of the pool and the group's next commit found no block ("exceeded its KV plan").
+    The pool is so tight that requests thrash (preempted again and again, no end without a
+    horizon)."""
+    linear_cost.per_ctx = 1e-6
+    linear_cost.layout = ParallelLayout(1, 2)
+    tr = long_prompt_trace(200, 3.0, 12)
+    cfg = dict(num_kv_blocks=80, max_num_batched_tokens=384, num_replicas=2, router="least-requests", pp=2,
+               horizon=300.0, **ABSORBING)
+    _same_timeline(simulate(tr, SimConfig(jump=False, **cfg), linear_cost),
+                   simulate(tr, SimConfig(jump=True, **cfg), linear_cost))
+
+
 def test_no_absorbing_with_the_iteration_log_or_prefix_cache(linear_cost, monkeypatch):
     """Iteration rows are appended as iterations are committed, and a block published in flight
     could serve a new batch: neither path takes batches in, and both match stepping."""
