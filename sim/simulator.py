@@ -348,14 +348,7 @@ class Simulation:
             mb.cancelled = True  # their completions are part of this run now
         inflight.clear()
         # X enters stage 0 now, as stepping would enter it.
-        st = cost.stage_time(shape)
-        t = now
-        for i in range(pp):
-            f = stage_free[i]
-            if f > t:
-                t = f
-            t += st
-            stage_free[i] = t
+        t = _enter_pipeline(stage_free, now, cost.stage_time(shape))
         groups.append((batch, now, t))
         stage_time = cost.stage_time
         decode_line = self._decode_line
@@ -787,14 +780,7 @@ class Simulation:
                 return new
             # The new group enters stage 0 now, as stepping would enter it.
             plan = core.plan_group(new)
-            st = stage_time(_first_shape(plan))
-            c = now
-            for i in range(pp):
-                f = stage_free[i]
-                if f > c:
-                    c = f
-                c += st
-                stage_free[i] = c
+            c = _enter_pipeline(stage_free, now, stage_time(_first_shape(plan)))
             for g in pending:  # the router's view of the groups in flight, uncommitted as before
                 p = seg_plan[g]
                 if p is not None:

@@ -7,13 +7,13 @@ count, the KV statistics and the simulated end time; and it must save events."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import sim.simulator as simulator
 from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation
+from tests.sim_identity import assert_identical_runs
 from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
 from tests.test_sim_run_past_finish import short_output_trace
 
@@ -30,15 +30,6 @@ def _run(monkeypatch, late: bool, tr, cfg: SimConfig, cost) -> tuple:
 
     sim.env.schedule = counting  # every SimPy event goes through it
     return sim.run(), scheduled[0]
-
-
-def _identical(a, b) -> None:
-    for k, v in a.requests.items():
-        assert np.array_equal(v, b.requests[k], equal_nan=v.dtype.kind == "f"), k
-    assert np.array_equal(a.itl.counts, b.itl.counts)
-    assert a.itl.total == b.itl.total and a.itl.n == b.itl.n
-    for k in ("iterations", "sim_end", "kv"):
-        assert a.meta[k] == b.meta[k], k
 
 
 @pytest.mark.parametrize(
@@ -58,7 +49,7 @@ def test_late_completion_events_match_immediate_ones(linear_cost, monkeypatch, p
     cfg = SimConfig(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router=router, pp=pp)
     now, events_now = _run(monkeypatch, False, tr, cfg, linear_cost)
     late, events_late = _run(monkeypatch, True, tr, cfg, linear_cost)
-    _identical(now, late)
+    assert_identical_runs(now, late)
     assert events_late < events_now
 
 
@@ -67,5 +58,5 @@ def test_late_completion_events_match_on_the_benchmark_layout(monkeypatch):
     cfg = SimConfig(**VIDUR_PP, num_kv_blocks=2000)
     now, events_now = _run(monkeypatch, False, tr, cfg, None)
     late, events_late = _run(monkeypatch, True, tr, cfg, None)
-    _identical(now, late)
+    assert_identical_runs(now, late)
     assert events_late < events_now

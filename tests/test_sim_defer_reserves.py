@@ -17,6 +17,7 @@ from backends.cost_model import ParallelLayout
 from policies.kv.block_manager import BlockManager
 from sim.config import SimConfig
 from sim.simulator import Simulation
+from tests.sim_identity import assert_identical_runs
 from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
 from tests.test_sim_run_past_finish import short_output_trace
 
@@ -34,15 +35,6 @@ def _run(monkeypatch, defer: bool, tr, cfg: SimConfig, cost) -> tuple:
     result = Simulation(tr, cfg, cost).run()
     monkeypatch.setattr(BlockManager, "allocate_each", allocate_each)
     return result, calls[0]
-
-
-def _identical(a, b) -> None:
-    for k, v in a.requests.items():
-        assert np.array_equal(v, b.requests[k], equal_nan=v.dtype.kind == "f"), k
-    assert np.array_equal(a.itl.counts, b.itl.counts)
-    assert a.itl.total == b.itl.total and a.itl.n == b.itl.n
-    for k in ("iterations", "sim_end", "kv"):
-        assert a.meta[k] == b.meta[k], k
 
 
 @pytest.mark.parametrize(
@@ -63,7 +55,7 @@ def test_deferred_reserves_match_immediate_ones(linear_cost, monkeypatch, pp, ro
                     enable_prefix_caching=False, record_iterations=False)
     now, calls_now = _run(monkeypatch, False, tr, cfg, linear_cost)
     later, calls_later = _run(monkeypatch, True, tr, cfg, linear_cost)
-    _identical(now, later)
+    assert_identical_runs(now, later)
     assert calls_later <= calls_now
 
 
@@ -72,7 +64,7 @@ def test_deferred_reserves_match_on_the_benchmark_layout(monkeypatch):
     cfg = SimConfig(**VIDUR_PP, num_kv_blocks=3000, record_iterations=False)
     now, calls_now = _run(monkeypatch, False, tr, cfg, None)
     later, calls_later = _run(monkeypatch, True, tr, cfg, None)
-    _identical(now, later)
+    assert_identical_runs(now, later)
     assert calls_later < calls_now  # the deferral is taken
 
 
@@ -85,6 +77,6 @@ def test_reserves_are_taken_at_once_where_rows_or_the_prefix_cache_see_them(line
     cfg = SimConfig(num_kv_blocks=600, max_num_batched_tokens=256, num_replicas=2, router="least-work", pp=2)
     now, calls_now = _run(monkeypatch, False, tr, cfg, linear_cost)
     later, calls_later = _run(monkeypatch, True, tr, cfg, linear_cost)
-    _identical(now, later)
+    assert_identical_runs(now, later)
     assert np.array_equal(now.iterations["kv_blocks_used"], later.iterations["kv_blocks_used"])
     assert calls_later == calls_now

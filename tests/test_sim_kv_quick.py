@@ -16,6 +16,7 @@ import sim.simulator as simulator
 from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation
+from tests.sim_identity import assert_identical_runs
 from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
 from tests.test_sim_run_past_finish import short_output_trace
 
@@ -33,15 +34,6 @@ def _run(monkeypatch, quick: bool, tr, cfg: SimConfig, cost) -> tuple:
     result = Simulation(tr, cfg, cost).run()
     monkeypatch.setattr(simulator, "_shared_kv_limit", exact)
     return result, calls[0]
-
-
-def _identical(a, b) -> None:
-    for k, v in a.requests.items():
-        assert np.array_equal(v, b.requests[k], equal_nan=v.dtype.kind == "f"), k
-    assert np.array_equal(a.itl.counts, b.itl.counts)
-    assert a.itl.total == b.itl.total and a.itl.n == b.itl.n
-    for k in ("iterations", "sim_end", "kv"):
-        assert a.meta[k] == b.meta[k], k
 
 
 @pytest.mark.parametrize(
@@ -64,7 +56,7 @@ def test_quick_kv_cap_matches_the_exact_count(linear_cost, monkeypatch, pp, rout
                     enable_prefix_caching=caching, record_iterations=caching)
     exact, calls_exact = _run(monkeypatch, False, tr, cfg, linear_cost)
     quick, calls_quick = _run(monkeypatch, True, tr, cfg, linear_cost)
-    _identical(exact, quick)
+    assert_identical_runs(exact, quick)
     if caching:
         assert np.array_equal(exact.iterations["kv_blocks_used"], quick.iterations["kv_blocks_used"])
     assert 0 < calls_exact and calls_quick <= calls_exact
@@ -75,5 +67,5 @@ def test_quick_kv_cap_matches_on_the_benchmark_layout(monkeypatch):
     cfg = SimConfig(**VIDUR_PP, num_kv_blocks=3000, record_iterations=False)
     exact, calls_exact = _run(monkeypatch, False, tr, cfg, None)
     quick, calls_quick = _run(monkeypatch, True, tr, cfg, None)
-    _identical(exact, quick)
+    assert_identical_runs(exact, quick)
     assert calls_quick < calls_exact  # the bound saves the exact count

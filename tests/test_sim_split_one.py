@@ -13,6 +13,7 @@ import sim.simulator as simulator
 from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation
+from tests.sim_identity import assert_identical_runs
 from tests.test_sim_pipeline_plan import VIDUR_PP
 from tests.test_sim_run_past_finish import short_output_trace
 from traces.schema import Trace
@@ -21,15 +22,6 @@ from traces.schema import Trace
 def _run(monkeypatch, one: bool, tr, cfg: SimConfig, cost):
     monkeypatch.setattr(simulator, "_SPLIT_ONE", one)
     return Simulation(tr, cfg, cost).run()
-
-
-def _identical(a, b) -> None:
-    for k, v in a.requests.items():
-        assert np.array_equal(v, b.requests[k], equal_nan=v.dtype.kind == "f"), k
-    assert np.array_equal(a.itl.counts, b.itl.counts)
-    assert a.itl.total == b.itl.total and a.itl.n == b.itl.n
-    for k in ("iterations", "sim_end", "kv"):
-        assert a.meta[k] == b.meta[k], k
 
 
 def _tied_outputs_trace(n: int, rate: float, seed: int) -> Trace:
@@ -53,10 +45,11 @@ def test_one_finish_split_matches_the_general_one(linear_cost, monkeypatch, pp, 
     tr = _tied_outputs_trace(300, rate, seed) if tied else short_output_trace(300, rate, seed)
     cfg = SimConfig(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router=router, pp=pp,
                     enable_prefix_caching=False, record_iterations=False)
-    _identical(_run(monkeypatch, False, tr, cfg, linear_cost), _run(monkeypatch, True, tr, cfg, linear_cost))
+    slow = _run(monkeypatch, False, tr, cfg, linear_cost)
+    assert_identical_runs(slow, _run(monkeypatch, True, tr, cfg, linear_cost))
 
 
 def test_one_finish_split_matches_on_the_benchmark_layout(monkeypatch):
     tr = short_output_trace(400, 4.0, 7)
     cfg = SimConfig(**VIDUR_PP, num_kv_blocks=3000, record_iterations=False)
-    _identical(_run(monkeypatch, False, tr, cfg, None), _run(monkeypatch, True, tr, cfg, None))
+    assert_identical_runs(_run(monkeypatch, False, tr, cfg, None), _run(monkeypatch, True, tr, cfg, None))
