@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Callable
 from operator import attrgetter, itemgetter
 
 import numpy as np
@@ -103,6 +104,9 @@ class Simulation:
         # Pipelined runs paused at the next arrival, per replica: (advance, result, wake event).
         self._paused: dict[int, tuple] = {}
         self._lines: dict[int, tuple[float, float, float]] = {}
+        # Per replica with a jumped run in progress, when the config has a horizon: what commits
+        # the run's iterations completed by a time, for `run` to call if the clock stops inside it.
+        self._at_horizon: dict[int, Callable[[float], None]] = {}
         # Pipelined runs take in the batch scheduled where they would be cut (`absorb` in
         # `_pipelined_decode_run`) when the scheduler plans steady batches; not with the prefix
         # cache (a block published by a group in flight could serve the batch) nor with the
@@ -226,8 +230,11 @@ class Simulation:
             ends = start + np.cumsum(durations)
             starts = np.concatenate(([start], ends[:-1]))
         core.begin_decode_run(batch, ends)
+        if self.cfg.horizon is not None:
+            self._at_horizon[core.id] = lambda t: self._decode_run_at_horizon(core, batch, starts, ends, t)
         arrived = yield self._wait_for_arrival(core, float(ends[-1]) - start)
         core.on_arrival = None
+        self._at_horizon.pop(core.id, None)
         if arrived and env.now < ends[-1]:
             # Iterations ending at or before now are done; the one in progress completes.
             j = bisect_left(ends, env.now)
@@ -236,6 +243,21 @@ class Simulation:
                 yield env.timeout(float(ends[j]) - env.now)
         core.end_decode_runs()
         core.complete_decodes(batch.seqs, starts[:k], ends[:k])
+
+    def _decode_run_at_horizon(self, core: ReplicaCore, batch, starts, ends, t: float) -> None:
+        """The clock stopped at `t` (the horizon) inside a `_decode_run`: commit the iterations
+        that end before `t`, which stepping completes (SimPy processes the `until` stop before
+        any other event at `t`, so one ending exactly at `t` is not), and give the iteration in
+        progress its blocks, which stepping took when it scheduled it (after the last row's
+        count, as there)."""
+        core.end_decode_runs()
+        j = bisect_left(ends, t)
+        if j:
+            core.complete_decodes(batch.seqs, starts[:j], ends[:j])
+        if 0 < j < len(ends):
+            for s in batch.seqs:
+                if not core.kv.allocate(s, 1):
+                    raise AssertionError("decode run exceeded the KV limit it was planned with")
 
     def _pipelined_replica(self, core: ReplicaCore):
         env = self.env
@@ -796,6 +818,32 @@ class Simulation:
             entry_c.clear()
             return None
 
+        def at_horizon(t: float) -> None:
+            """The clock stopped at `t` (the horizon) inside the run: commit what stepping has
+            done by then. SimPy processes the `until` stop before any other event at `t`, so
+            that is the completions and entries before `t`: the segments that ended before `t`
+            are committed in the order of their ends, each after the blocks of every
+            iteration entered before its end are taken (as `commit_ended` does, where stepping
+            can reach its peak), then every other open segment's iterations completed before
+            `t`, with the blocks of those entered before `t` (in progress included) taken."""
+            core.end_decode_runs()
+            early = sorted([(end_at[g], g) for g in ended if end_at[g] < t])
+            ended.clear()  # the others (ended at or after t) are cut as the open segments are
+            for x, g in early:
+                for h in range(len(open_)):
+                    if open_[h]:
+                        reserve(h, x)
+                commit(g, len(C[g]))
+                close(g)
+            live = [g for g in range(len(open_)) if open_[g]]
+            for g in live:
+                reserve(g, t)
+            for g in live:  # a segment before the one its members go on in (`split`)
+                commit(g, bisect_left(C[g], t))
+                close(g)
+
+        if self.cfg.horizon is not None:
+            self._at_horizon[core.id] = at_horizon
         can_absorb = self._absorbing
         scheduled: ScheduledBatch | None = None  # what `absorb` scheduled and could not take
         while True:
@@ -843,6 +891,7 @@ class Simulation:
             if scheduled is not None:
                 break
         core.on_arrival = None
+        self._at_horizon.pop(core.id, None)
         t = env.now
         inclusive = bool(result) and result[1] and t >= result[0]  # else cut short by an arrival
         if deferred is not None:  # the cut's own time (SimPy's sum of delays can be an ulp off)
@@ -932,6 +981,9 @@ class Simulation:
             env.process(self._replica(core))
         t0 = time.perf_counter()
         env.run(until=self.cfg.horizon)
+        for stop in list(self._at_horizon.values()):  # runs the clock stopped inside
+            stop(env.now)
+        self._at_horizon.clear()
         wall = time.perf_counter() - t0
         for core in self.replicas:
             core.drain_unfinished()
