@@ -350,14 +350,21 @@ class ReplicaCore:
     def kv_limit(self, cs: list[tuple[int, int]], k_max: int) -> int:
         """Largest k <= k_max (at least 1) such that, for every (c, capacity) in `cs`, c + k
         tokens fit in the free blocks beyond the capacity each one holds already."""
+        n = len(cs)
+        if self.kv_room_bound(sum(map(_first, cs)) + n * k_max, n):
+            return k_max
+        return self.kv_search(cs, k_max)
+
+    def kv_room_bound(self, tokens: int, n: int) -> bool:
+        """A sufficient test, at C speed, that n sequences holding `tokens` tokens in all fit:
+        each needs at most ceil(t / bs) <= t / bs + 1 blocks more (it holds >= 0), so all of them
+        at most tokens // bs + n. A large pool passes it and skips the exact count."""
+        return tokens // self.kv.block_size + n <= self.kv.num_free_blocks
+
+    def kv_search(self, cs: list[tuple[int, int]], k_max: int) -> int:
+        """`kv_limit` without its quick bound: the exact count at k_max, then a bisection."""
         bs = self.kv.block_size
         free = self.kv.num_free_blocks
-        # Quick sufficient test, at C speed: each of the n entries needs at most
-        # ceil((c + k) / bs) <= (c + k) / bs + 1 blocks (capacity >= 0), so all of them at most
-        # (sum of c + n k) / bs + n. A large pool passes it and skips the exact count.
-        n = len(cs)
-        if (sum(map(_first, cs)) + n * k_max) // bs + n <= free:
-            return k_max
 
         def blocks_needed(k: int) -> int:
             need = 0

@@ -444,15 +444,14 @@ class Simulation:
                 k = (last if last < limit[g] else limit[g]) - nxt[g] + 1
                 if k > k_max:
                     k_max = k
-            # Quick sufficient test first, as `ReplicaCore.kv_limit`'s: a member needs at most
-            # ceil((c + o + k) / bs) <= (c + o + k) / bs + 1 blocks more (it holds >= 0), so all
-            # of them at most (their sum) // bs + their count. A large pool passes it.
+            # The quick bound first (`ReplicaCore.kv_room_bound`): a member holds at most
+            # c + o + k tokens k iterations on.
             n_all = tokens = 0
             for g in segs:
                 n = len(seg_seqs[g])
                 n_all += n
                 tokens += kv_c[g] + n * (nxt[g] - 1 + k_max)
-            if _KV_QUICK and tokens // bs + n_all <= core.kv.num_free_blocks:
+            if _KV_QUICK and core.kv_room_bound(tokens, n_all):
                 k_kv = k_max
             else:
                 k_kv = _shared_kv_limit(core, [(seg_seqs[g], seg_kv[g], nxt[g] - 1) for g in segs], k_max)
@@ -1089,7 +1088,7 @@ def _shared_kv_limit(
     from its iteration in flight o, whose blocks are taken, a member with envelope c holds at
     most c + o + k tokens k iterations on, in its block table now (o > 0) or in the envelope's
     capacity, as scheduled (o == 0). The common case, room for all of them for k_max
-    iterations, is one pass that builds no pairs; otherwise `kv_limit` searches."""
+    iterations, is one pass that builds no pairs; otherwise `kv_search` bisects."""
     bs = core.kv.block_size
     need = 0
     for seqs, kv, o in groups:
@@ -1111,7 +1110,7 @@ def _shared_kv_limit(
             cs += [(c + o, len(s.block_table) * bs) for s, (c, _) in zip(seqs, kv)]
         else:
             cs += kv
-    return core.kv_limit(cs, k_max)
+    return core.kv_search(cs, k_max)
 
 
 def _absorbable(core: ReplicaCore, batch: ScheduledBatch, n_flight: int) -> bool:
