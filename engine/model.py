@@ -176,14 +176,11 @@ class Attention(nn.Module):
         KV write and attention (the part between the qkv and o projections)."""
         if self.k_cache is None or self.v_cache is None:
             raise RuntimeError("attention layer has no KV cache bound; call DecoderModel.bind_kv_cache first")
-        if isinstance(qkv, Partials):  # one token, split-K qkv: one kernel sums, rotates and stores
-            from engine.triton_splitk import rope_store_kv_parts
-
-            q = rope_store_kv_parts(
-                qkv.data, self.num_heads, self.num_kv_heads, self.head_dim, positions, self.rotary.cos,
-                self.rotary.sin, self.k_cache, self.v_cache, meta.slot_mapping, qkv.dtype,
+        if isinstance(qkv, Partials):  # one token, split-K qkv: one kernel sums, rotates, stores, attends
+            o = backend.decode_one_from_parts(  # type: ignore[attr-defined]
+                qkv.data, self.num_heads, self.head_dim, positions, self.rotary.cos, self.rotary.sin,
+                self.k_cache, self.v_cache, meta, self.scale, qkv.dtype,
             )  # fmt: skip
-            o = backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)  # type: ignore[attr-defined]
             return o.reshape(1, self.q_size)
         t = qkv.shape[0]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -356,7 +353,7 @@ class DecoderModel(nn.Module):
     def _split_kinds(self) -> dict[str, list[nn.Linear]]:
         layers = list(self.layers)
         kinds: dict[str, list[nn.Linear]] = {}
-        if not self.spec.qk_norm and not self.spec.qkv_bias:  # the split rope kernel does neither
+        if not self.spec.qk_norm and not self.spec.qkv_bias:  # the batch-1 attention kernel does neither
             kinds["qkv"] = [m.self_attn.qkv_proj for m in layers]
         kinds["o"] = [m.self_attn.o_proj for m in layers]
         kinds["gate_up"] = [m.mlp.gate_up_proj for m in layers]

@@ -10,7 +10,8 @@ Flash-Decoding and of TensorRT-LLM's small-batch GEMV), which fills the chip wha
 
 The S partial sums per output ([S, N], float32) are not reduced by a kernel of their own: the
 op that follows each projection at batch 1 (residual add + RMSNorm after o/down, SiLU-and-multiply
-after gate_up, rotary + KV write after qkv) sums them while loading its input, then rounds to
+after gate_up, and after qkv the batch-1 attention kernel of engine/triton_attention.py, which
+also rotates and stores the new key) sums them while loading its input, then rounds to
 the activation dtype, as the projection's own output would have been. So a split costs no extra
 launch. Imported only on CUDA.
 """
@@ -147,79 +148,6 @@ def silu_and_mul_parts(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     block = 512
     _silu_parts_kernel[(triton.cdiv(i, block),)](part, out, part.stride(0), i, BLOCK=block, S=s)
     return out
-
-
-@triton.jit
-def _rope_store_parts_kernel(
-    p_ptr, qo_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr,
-    stride_s, stride_c, stride_cs, stride_ch,
-    HQ: tl.constexpr, HK: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, S: tl.constexpr,
-):  # fmt: skip
-    pos = tl.load(pos_ptr)
-    slot = tl.load(slot_ptr).to(tl.int64)
-    dt = qo_ptr.dtype.element_ty
-    d = tl.arange(0, HALF_PAD)
-    d_ok = d < HALF
-    c = tl.load(cos_ptr + pos * stride_c + d, mask=d_ok, other=0.0)[None, :]
-    sn = tl.load(sin_ptr + pos * stride_c + d, mask=d_ok, other=0.0)[None, :]
-    h = tl.arange(0, H_PAD)[:, None]
-    # q: rows 0 .. HQ*D of the merged projection; rotated into the contiguous q output
-    m = (h < HQ) & d_ok[None, :]
-    offs = h * D + d[None, :]
-    a = _sum_parts(p_ptr, offs, m, S, stride_s).to(dt).to(tl.float32)
-    b = _sum_parts(p_ptr, offs + HALF, m, S, stride_s).to(dt).to(tl.float32)
-    tl.store(qo_ptr + offs, (a * c - b * sn).to(dt), mask=m)
-    tl.store(qo_ptr + offs + HALF, (b * c + a * sn).to(dt), mask=m)
-    # k (rotated) and v to the pool
-    m = (h < HK) & d_ok[None, :]
-    offs = HQ * D + h * D + d[None, :]
-    a = _sum_parts(p_ptr, offs, m, S, stride_s).to(dt).to(tl.float32)
-    b = _sum_parts(p_ptr, offs + HALF, m, S, stride_s).to(dt).to(tl.float32)
-    pc = kc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
-    tl.store(pc, (a * c - b * sn).to(dt).to(kc_ptr.dtype.element_ty), mask=m)
-    tl.store(pc + HALF, (b * c + a * sn).to(dt).to(kc_ptr.dtype.element_ty), mask=m)
-    offs = (HQ + HK) * D + h * D + d[None, :]
-    a = _sum_parts(p_ptr, offs, m, S, stride_s).to(dt)
-    b = _sum_parts(p_ptr, offs + HALF, m, S, stride_s).to(dt)
-    pv = vc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
-    tl.store(pv, a.to(vc_ptr.dtype.element_ty), mask=m)
-    tl.store(pv + HALF, b.to(vc_ptr.dtype.element_ty), mask=m)
-
-
-def rope_store_kv_parts(
-    part: torch.Tensor,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    positions: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Sum the split-K qkv output part [S, (Hq + 2 Hk) * D] of one token, rotate q and k, write
-    k and v to the pools at slot_mapping[0]; returns q [1, Hq, D] in `dtype`."""
-    s, width = part.shape
-    if width != (num_heads + 2 * num_kv_heads) * head_dim:
-        raise ValueError(
-            f"rope_store_kv_parts: {width} columns for {num_heads}+2x{num_kv_heads} heads of {head_dim}"
-        )
-    if k_cache.stride(1) != num_kv_heads * head_dim or k_cache.stride(2) != head_dim:
-        raise ValueError(
-            "rope_store_kv_parts needs [blocks, block_size, heads, dim] pools with contiguous tokens"
-        )
-    q = torch.empty((1, num_heads, head_dim), dtype=dtype, device=part.device)
-    half = head_dim // 2
-    _rope_store_parts_kernel[(1,)](
-        part, q, positions, cos, sin, k_cache, v_cache, slot_mapping,
-        part.stride(0), cos.stride(0), k_cache.stride(1), k_cache.stride(2),
-        HQ=num_heads, HK=num_kv_heads, H_PAD=_pow2(max(num_heads, num_kv_heads)), D=head_dim,
-        HALF=half, HALF_PAD=_pow2(half), S=s, num_warps=4 if s * width <= 16384 else 8,
-    )  # fmt: skip
-    return q
 
 
 def graph_time_ms(fn, reps: int) -> float:

@@ -347,19 +347,60 @@ def test_fused_gemv_matches_unfused(dtype, shape) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_split_gemv_consumers_match_unsplit(dtype) -> None:
-    """Split-K partials reduced by the norm, SiLU and rope kernels == the unsplit projection
-    followed by the ordinary ops (Llama-8B-like widths, several split counts)."""
-    from engine.attention import write_kv
-    from engine.model import RMSNorm, RotaryEmbedding
+@pytest.mark.parametrize("ctx", [1, 37, 128, 700, 3000])
+@pytest.mark.parametrize("splits", [1, 5, 32])
+def test_decode_one_from_parts_matches_rope_write_and_attention(dtype, ctx: int, splits: int) -> None:
+    """The fused batch-1 kernel (sum qkv parts, rotate, write the new k/v, split attention, merge by
+    the last split) == the unsplit projection, the rotary module, write_kv and the reference
+    attention; the pools end up holding the same new token, and repeated launches (the arrival
+    counters reset themselves) give the same result."""
+    from engine.attention import build_metadata, paged_attention_reference, write_kv
+    from engine.model import RotaryEmbedding
     from engine.testing import tiny_spec
-    from engine.triton_splitk import (
-        SplitConfig,
-        add_rms_norm_parts,
-        gemv_split,
-        rope_store_kv_parts,
-        silu_and_mul_parts,
-    )
+    from engine.triton_attention import TritonPagedAttention
+    from engine.triton_splitk import SplitConfig, gemv_split
+
+    g = torch.Generator(device="cuda").manual_seed(ctx + splits)
+    hq, hk, dim, page, k = 8, 2, 64, 16, 512
+    spec = tiny_spec("llama", head_dim=dim, num_heads=hq, num_kv_heads=hk, max_position_embeddings=4096)
+    rot = RotaryEmbedding(spec, 4096).cuda()
+    blocks = -(-ctx // page) + 3
+    perm = torch.randperm(blocks, generator=torch.Generator().manual_seed(ctx)).tolist()
+    table = perm[: -(-ctx // page)]
+    kc = (torch.randn((blocks, page, hk, dim), generator=g, device="cuda") * 0.5).to(dtype)
+    vc = torch.randn((blocks, page, hk, dim), generator=g, device="cuda").to(dtype)
+    x = torch.randn((1, k), generator=g, device="cuda").to(dtype)
+    w = (torch.randn(((hq + 2 * hk) * dim, k), generator=g, device="cuda") * 0.05).to(dtype)
+    pos = ctx - 1
+    meta = build_metadata([1], [ctx], [table], page, torch.device("cuda"))
+    meta.num_splits = splits
+    positions = torch.tensor([pos], device="cuda")
+    # reference: unsplit projection, rotary, write, attention over the gathered blocks
+    qkv = torch.nn.functional.linear(x, w)
+    q, kk, v = qkv[:, : hq * dim], qkv[:, hq * dim : (hq + hk) * dim], qkv[:, (hq + hk) * dim :]
+    q, kk = rot(positions, q.view(1, hq, dim), kk.view(1, hk, dim))
+    k_ref, v_ref = kc.clone(), vc.clone()
+    write_kv(kk, v.view(1, hk, dim), k_ref, v_ref, meta.slot_mapping)
+    want = paged_attention_reference(q, k_ref, v_ref, meta, dim**-0.5)
+    be = TritonPagedAttention(torch.device("cuda"), hq, hk)
+    part = gemv_split(w, x, SplitConfig(16, 256, 4))
+    tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for _ in range(3):
+        got = be.decode_one_from_parts(
+            part, hq, dim, positions, rot.cos, rot.sin, kc, vc, meta, dim**-0.5, dtype
+        )
+        torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(kc, k_ref, **tol)
+        torch.testing.assert_close(vc, v_ref, **tol)
+    assert int(be._arrivals.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_gemv_consumers_match_unsplit(dtype) -> None:
+    """Split-K partials reduced by the norm and SiLU kernels == the unsplit projection followed by
+    the ordinary ops (several split counts; the qkv consumer has a test of its own above)."""
+    from engine.model import RMSNorm
+    from engine.triton_splitk import SplitConfig, add_rms_norm_parts, gemv_split, silu_and_mul_parts
 
     g = torch.Generator(device="cuda").manual_seed(3)
 
@@ -385,22 +426,3 @@ def test_split_gemv_consumers_match_unsplit(dtype) -> None:
         gu = lin(x, w).float()
         want = (torch.nn.functional.silu(gu[:, :384]) * gu[:, 384:]).to(dtype)
         torch.testing.assert_close(silu_and_mul_parts(gemv_split(w, x, cfg), dtype), want, **tol)
-        # qkv -> rope + KV write (8 q heads, 2 kv heads of 64)
-        spec = tiny_spec("llama", head_dim=64)
-        rot = RotaryEmbedding(spec, 300).cuda()
-        w = rnd((8 + 4) * 64, k, scale=0.03)
-        qkv = lin(x, w)
-        q, kk, v = qkv[:, :512].view(1, 8, 64), qkv[:, 512:640].view(1, 2, 64), qkv[:, 640:].view(1, 2, 64)
-        pos = torch.tensor([77], device="cuda")
-        slots = torch.tensor([21], device="cuda")
-        wq, wk = rot(pos, q, kk)
-        kc, vc = torch.zeros((3, 16, 2, 64), device="cuda", dtype=dtype), None
-        vc = torch.zeros_like(kc)
-        write_kv(wk, v, kc, vc, slots)
-        kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
-        gq = rope_store_kv_parts(
-            gemv_split(w, x, cfg), 8, 2, 64, pos, rot.cos, rot.sin, kc2, vc2, slots, dtype
-        )
-        torch.testing.assert_close(gq, wq, **tol)
-        torch.testing.assert_close(kc2, kc, **tol)
-        torch.testing.assert_close(vc2, vc, **tol)
