@@ -14,7 +14,8 @@ computes one token, since the decode graph runs those whole; see `as_decode`). W
 run as B rows (n padded to its CUDA-graph bucket, or n without graphs), summed attended context
 ctx and longest single context max_ctx:
 
-    execute = A[B] + seq * n + b[B] * ctx + longest[W(B)] * max_ctx / S[B]
+    execute = A[B] + seq * n + u + v - g[B] * min(u, v)
+    u = b[B] * ctx,  v = longest[W(B)] * max_ctx / S[B]
 
   A[B], b[B]   a line per row count B, fitted from the profile's samples of that B and interpolated
                linearly in B between profiled ones. Per-B lines, not one slope: the measured cost per
@@ -39,11 +40,19 @@ ctx and longest single context max_ctx:
   W(B)         the launch's key-tile width for B rows (`triton_decode_tile`): 128-key tiles below two
                programs per SM, 64-key ones above; one longest coefficient per width, since the
                wide tile's deeper pipeline reads a long context ~1.7x faster per key.
+  g[B]         how much of the smaller of u and v hides under the larger, for the split launches
+               (S[B] > 1: one wave of programs, where the longest program runs while the others
+               stream the bulk of the KV); 0 for the others. g = 0 is the plain sum, which
+               counts twice a batch with several long contexts: on Mooncake conversations, steps
+               of 9-16 sequences came out 8-12% slow. One g, chosen on a grid of [0, 1] with the
+               rest refitted at each point (`_fit_overlap`); the eight H200 profiles shipped so far
+               pick 0.7-0.9.
 
   Each context grows by one token per iteration, so ctx grows by n and max_ctx by 1: a steady
-  decode stretch still costs a + b * ctx + c * max_ctx per iteration, linear, which is what
-  `decode_line` returns and what `stage_time` computes for such a batch (the simulator's jump over
-  steady decode stretches relies on this identity, bit for bit).
+  decode stretch costs a closed function of the iteration index, a + u + v - g * min(u, v) with
+  u and v linear in it, which is what `decode_line` returns and what `stage_time` computes for
+  such a batch (the simulator's jump over steady decode stretches relies on this identity, bit
+  for bit).
 
 Eager steps ("prefill" group: prefill-only and mixed batches). Python launches the eager forward
 kernel by kernel while the GPU runs them, so the step takes as long as the slower of the two:
@@ -210,6 +219,58 @@ def _nnls_absolute(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     scale = _col_scale(X)
     c, _ = nnls(X / scale, y, maxiter=50 * X.shape[1])
     return c / scale
+
+
+OVERLAP_GRID = tuple(i / 20 for i in range(21))
+
+
+def _decode_time(a: float, b: float, c: float, g: float, ctx: int, mx: int) -> float:
+    """a + u + v - g * min(u, v), u = b * ctx, v = c * mx: the order `CostModel.decode_line` promises
+    and the simulator's jump repeats (the g term only when g is nonzero)."""
+    u = b * ctx
+    v = c * mx
+    t = a + u + v
+    if g:
+        t = t - g * min(u, v)
+    return t
+
+
+def _fit_overlap(
+    X: np.ndarray, y: np.ndarray, bulk: slice, longest: slice, rows: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Decode coefficients and the overlap g in [0, 1] of the bulk term u (X[:, bulk] coefs) and the
+    longest-program term v (X[:, longest]) in the rows marked `rows`: there the step costs
+    u + v - g * min(u, v), the rest additive. g = 1 is max(u, v): a one-wave split launch whose
+    longest program runs while the others stream the bulk of the KV; g = 0 is the plain sum. g is
+    chosen on a grid, each point fitted by alternating which of u and v is the smaller (given
+    that, the model is linear: the smaller term's columns scaled by 1 - g), keeping the best fit
+    seen on relative error."""
+
+    def predict(coef: np.ndarray, g: float) -> np.ndarray:
+        u = X[:, bulk] @ coef[bulk]
+        v = X[:, longest] @ coef[longest]
+        return X @ coef - np.where(rows, g * np.minimum(u, v), 0.0)
+
+    def sse(coef: np.ndarray, g: float) -> float:
+        return float(np.sum((predict(coef, g) / y - 1.0) ** 2))
+
+    start = _nnls_relative(X, y)
+    best = (sse(start, 0.0), 0.0, start)
+    for g in OVERLAP_GRID[1:]:
+        coef, seen = start, None
+        for _ in range(12):
+            u_small = (X[:, bulk] @ coef[bulk]) < (X[:, longest] @ coef[longest])
+            if seen is not None and np.array_equal(u_small, seen):
+                break
+            seen = u_small
+            Xr = X.copy()
+            Xr[rows & u_small, bulk] *= 1.0 - g
+            Xr[rows & ~u_small, longest] *= 1.0 - g
+            coef = _nnls_relative(Xr, y)
+            e = sse(coef, g)
+            if e < best[0] * (1 - 1e-9):
+                best = (e, g, coef)
+    return best[2], best[1]
 
 
 def _fit_slower_of_two(G: np.ndarray, C: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -408,7 +469,7 @@ class CalibratedCostModel:
         self.sm_range: tuple[int, int] | None = None  # SM counts giving the chosen split plan
         self.notes: list[str] = []
         self._fit()
-        self._decode_cache: dict[int, tuple[float, float, float]] = {}
+        self._decode_cache: dict[int, tuple[float, float, float, float]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> CalibratedCostModel:
@@ -528,14 +589,20 @@ class CalibratedCostModel:
         plan = tuple(self.splits(k) for k in keys)
         tiles = tuple(self.tile(k) for k in keys)
         X = self._decode_design(nc, keys, plan, tiles)
-        coef = _nnls_relative(X, y)
         nk = len(keys)
+        first = 2 * nk + (1 if self.buckets else 0)
+        bulk, longest = slice(nk, 2 * nk), slice(first, X.shape[1])
+        one_wave = np.array([self.splits(self.rows(n)) > 1 for n, _, _ in nc])
+        self._dec_overlap = 0.0
+        if first < X.shape[1] and one_wave.any():
+            coef, self._dec_overlap = _fit_overlap(X, y, bulk, longest, one_wave)
+        else:
+            coef = _nnls_relative(X, y)
         self._dec_keys = keys
         self._dec_a = [float(v) for v in coef[:nk]]
         self._dec_b = [float(v) for v in coef[nk : 2 * nk]]
         self._dec_seq = float(coef[2 * nk]) if self.buckets else 0.0
         widths = sorted(set(tiles)) if self.splits_apply else []
-        first = 2 * nk + (1 if self.buckets else 0)
         # Per tile width; a width no fitted row count launches (rows interpolated past the profiled
         # ones) takes the nearest fitted width's coefficient.
         self._dec_longest = {w: float(coef[first + j]) for j, w in enumerate(widths)}
@@ -544,10 +611,12 @@ class CalibratedCostModel:
             *(f"ctx[{k}]" for k in keys),
             *(("seq",) if self.buckets else ()),
             *(f"longest[{w}-key tiles]" for w in widths),
+            *(("overlap[split launches]",) if widths else ()),
         )
+        coefs = (*map(float, coef), *((self._dec_overlap,) if widths else ()))
         measured = [s.median_s for s in samples]
         predicted = [self._decode_execute(*x) for x in nc_all]  # type: ignore[misc]
-        return TermFit(terms, tuple(float(c) for c in coef), tuple(keys), tuple(measured), tuple(predicted))
+        return TermFit(terms, coefs, tuple(keys), tuple(measured), tuple(predicted))
 
     def _key_line(self, k: int) -> tuple[float, float]:
         """(A, b) of the decode line for `k` rows: fitted, or interpolated linearly between the nearest
@@ -569,11 +638,13 @@ class CalibratedCostModel:
         f = (k - k0) / (k1 - k0)
         return A[i - 1] + f * (A[i] - A[i - 1]), B[i - 1] + f * (B[i] - B[i - 1])
 
-    def _decode_coefs(self, n: int) -> tuple[float, float, float]:
-        """(a, b, c) of the engine's decode step alone: execute = a + b * ctx + c * max_ctx."""
+    def _decode_coefs(self, n: int) -> tuple[float, float, float, float]:
+        """(a, b, c, g) of the engine's decode step alone: execute = a + u + v - g * min(u, v) with
+        u = b * ctx and v = c * max_ctx; g is the overlap of split launches (0 for the others)."""
         r = self.rows(n)
         A, b = self._key_line(r)
-        return A + self._dec_seq * n, b, self._longest(r) / self.splits(r)
+        s = self.splits(r)
+        return A + self._dec_seq * n, b, self._longest(r) / s, self._dec_overlap if s > 1 else 0.0
 
     def _longest(self, rows: int) -> float:
         """The longest-program coefficient of the decode launch for `rows` rows (per key, before splits)."""
@@ -586,8 +657,7 @@ class CalibratedCostModel:
         return by_width[min(by_width, key=lambda x: abs(x - w))]
 
     def _decode_execute(self, n: int, ctx: int, mx: int) -> float:
-        a, b, c = self._decode_coefs(n)
-        return a + b * ctx + c * mx
+        return _decode_time(*self._decode_coefs(n), ctx, mx)
 
     # ------------------------------------------------------------------------ fitting: eager
     def _fit_eager(self, samples: list[ShapeSample]) -> TermFit:
@@ -786,8 +856,7 @@ class CalibratedCostModel:
             nd = shape.num_decode
             if nd == 0:
                 return 0.0
-            a, b, c = self.decode_line(nd)
-            return a + b * shape.decode_context + c * _decode_max(shape)
+            return _decode_time(*self.decode_line(nd), shape.decode_context, _decode_max(shape))
         ptok = sum(n for n, _ in shape.prefill)
         over = self._overhead(shape.num_seqs, len(shape.prefill), ptok, shape.num_decode)
         return self._execute(shape) + over
@@ -799,18 +868,18 @@ class CalibratedCostModel:
             return self._eager_execute(shape)
         return self._decode_execute(*d)
 
-    def decode_line(self, num_decode: int) -> tuple[float, float, float]:
-        """(a, b, c) with a pure-decode iteration of `num_decode` sequences costing
-        a + b * decode_context + c * decode_max_context; `stage_time` computes such an iteration
-        from these very numbers, in that order."""
+    def decode_line(self, num_decode: int) -> tuple[float, float, float, float]:
+        """(a, b, c, g) with a pure-decode iteration of `num_decode` sequences costing
+        a + u + v - g * min(u, v), u = b * decode_context, v = c * decode_max_context; `stage_time`
+        computes such an iteration from these very numbers, in that order (`_decode_time`)."""
         if num_decode < 0:
             raise ValueError(f"num_decode must be >= 0, got {num_decode}")
         if num_decode == 0:
-            return 0.0, 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0
         got = self._decode_cache.get(num_decode)
         if got is None:
-            a, b, c = self._decode_coefs(num_decode)
-            got = (a + self._overhead(num_decode, 0, 0, num_decode), b, c)
+            a, b, c, g = self._decode_coefs(num_decode)
+            got = (a + self._overhead(num_decode, 0, 0, num_decode), b, c, g)
             self._decode_cache[num_decode] = got
         return got
 
@@ -852,12 +921,14 @@ class CalibratedCostModel:
             else:
                 n, ctx, mx = d
                 r = self.rows(n)
-                A, b = self._key_line(r)
+                A, _ = self._key_line(r)
+                _, b, c, g = self._decode_coefs(n)
                 out = {
                     "fixed": A,
                     "seq": self._dec_seq * n,
                     "decode_ctx": b * ctx,
-                    "longest": self._longest(r) / self.splits(r) * mx,
+                    "longest": c * mx,
+                    "overlap": -g * min(b * ctx, c * mx),
                 }
         out["schedule"] = parts["schedule"]
         out["complete"] = parts["complete"]

@@ -63,13 +63,16 @@ class CostModel(Protocol):
         included; with pp = 1 it is the whole iteration, including per-iteration overhead."""
         ...
 
-    def decode_line(self, num_decode: int) -> tuple[float, float] | tuple[float, float, float]:
-        """(a, b) or (a, b, c) such that a pure-decode batch of `num_decode` sequences takes exactly
-        a + b * decode_context + c * decode_max_context seconds per stage (c = 0 when omitted),
-        evaluated in that order. Every decode context grows by one per iteration, so the sum grows by
-        num_decode and the maximum by one: the time stays linear over a run of iterations. The
-        simulator uses it to jump over runs in which nothing arrives or finishes, so it must agree
-        with `stage_time` bit for bit."""
+    def decode_line(
+        self, num_decode: int
+    ) -> tuple[float, float] | tuple[float, float, float] | tuple[float, float, float, float]:
+        """(a, b), (a, b, c) or (a, b, c, g) such that a pure-decode batch of `num_decode` sequences
+        takes exactly a + u + v - g * min(u, v) seconds per stage, with u = b * decode_context and
+        v = c * decode_max_context (c and g are 0 when omitted), evaluated in that order (the g term
+        only when g is nonzero). Every decode context grows by one per iteration, so the sum grows by
+        num_decode and the maximum by one: the time stays a closed function of the iteration index
+        over a run of iterations. The simulator uses it to jump over runs in which nothing arrives or
+        finishes, so it must agree with `stage_time` bit for bit."""
         ...
 
 

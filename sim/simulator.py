@@ -117,8 +117,8 @@ class Simulation:
             and not cfg.enable_prefix_caching and not cfg.record_iterations
         )
 
-    def _decode_line(self, n: int) -> tuple[float, float, float]:
-        """The cost model's decode line for n sequences as (a, b, c), memoized (a pure function of
+    def _decode_line(self, n: int) -> tuple[float, float, float, float]:
+        """The cost model's decode line for n sequences as (a, b, c, g), memoized (a pure function of
         n by the protocol; the pipelined run asks for it once per micro-batch)."""
         line = self._lines.get(n)
         if line is None:
@@ -206,7 +206,7 @@ class Simulation:
         """Up to k identical decode iterations as one timeout, cut short by an arrival."""
         env = self.env
         B = len(batch.seqs)
-        a, b, c = self._decode_line(B)
+        a, b, c, g = self._decode_line(B)
         ctx0 = sum(s.num_computed_tokens + 1 for s in batch.seqs)
         mx1 = max(s.num_computed_tokens for s in batch.seqs) + 1 if c else 0
         if k <= _SHORT_RUN:
@@ -216,17 +216,25 @@ class Simulation:
             ends: list[float] | np.ndarray = []
             acc = 0.0
             for i in range(k):
-                d = a + b * float(ctx0 + B * i)
+                u = b * float(ctx0 + B * i)
+                d = a + u
                 if c:  # the longest context grows by one token per iteration
-                    d = d + c * float(mx1 + i)
+                    v = c * float(mx1 + i)
+                    d = d + v
+                    if g:
+                        d = d - g * min(u, v)
                 acc += d
                 ends.append(start + acc)
             starts = [start, *ends[:-1]]
         else:
             steps = np.arange(k, dtype=np.float64)
-            durations = a + b * (ctx0 + B * steps)
+            u = b * (ctx0 + B * steps)
+            durations = a + u
             if c:  # the longest context grows by one token per iteration
-                durations = durations + c * (mx1 + steps)
+                v = c * (mx1 + steps)
+                durations = durations + v
+                if g:
+                    durations = durations - g * np.minimum(u, v)
             ends = start + np.cumsum(durations)
             starts = np.concatenate(([start], ends[:-1]))
         core.begin_decode_run(batch, ends)
@@ -385,7 +393,7 @@ class Simulation:
         seg_first: list[ScheduledBatch | None] = []
         seg_kv: list[list[tuple[int, int]] | None] = []  # per member (c, capacity), see GroupPlan.kv
         kv_c: list[int] = []  # per segment: the sum of its members' c
-        lines: list[tuple[float, float, int, int, float, int] | None] = []
+        lines: list[tuple[float, float, int, int, float, int, float] | None] = []
         explicit: list[list[float] | None] = []
         ms: list[int] = []
         remaining: list[int] = []
@@ -406,13 +414,13 @@ class Simulation:
             """A scheduled group whose iteration 0 entered at e and completes at c; returns its
             segment (its KV limit is the caller's to set)."""
             n = len(plan.seqs)
-            ga, gb, gc = decode_line(n)
+            ga, gb, gc, gg = decode_line(n)
             seg_seqs.append(plan.seqs)
             seg_plan.append(plan)
             seg_first.append(gbatch)
             seg_kv.append(plan.kv)
             kv_c.append(sum(map(_first, plan.kv)))
-            lines.append((ga, gb, plan.ctx0, n, gc, plan.max0))
+            lines.append((ga, gb, plan.ctx0, n, gc, plan.max0, gg))
             shapes = plan.shapes
             explicit.append([0.0, *map(stage_time, shapes[1:])] if len(shapes) > 1 else [0.0])
             ms.append(len(plan.counts))  # plan.m without the property call
@@ -506,14 +514,14 @@ class Simulation:
                 kv2 = [kv[i] for i in keep]
                 kv_c2 = sum(map(_first, kv2))
             n2 = len(f2)
-            ga, gb, gc = decode_line(n2)
+            ga, gb, gc, gg = decode_line(n2)
             g2 = len(lines)
             seg_seqs.append(seqs2)
             seg_plan.append(None)
             seg_first.append(None)
             seg_kv.append(kv2)
             kv_c.append(kv_c2)
-            lines.append((ga, gb, sum(d2), n2, gc, max(d2)))
+            lines.append((ga, gb, sum(d2), n2, gc, max(d2), gg))
             explicit.append([])
             ms.append(0)
             remaining.append(min(f2) + 1)
@@ -594,10 +602,14 @@ class Simulation:
                 if i1 < ms[g]:
                     st = explicit[g][i1]
                 else:
-                    ga, gb, gctx, n, gc, gmax = lines[g]
-                    st = ga + gb * (gctx + n * i1)
+                    ga, gb, gctx, n, gc, gmax, gg = lines[g]
+                    su = gb * (gctx + n * i1)
+                    st = ga + su
                     if gc:
-                        st = st + gc * (gmax + i1)
+                        sv = gc * (gmax + i1)
+                        st = st + sv
+                        if gg:
+                            st = st - gg * min(su, sv)
                 t = e + st
                 s0 = t
                 if two:
@@ -1055,10 +1067,10 @@ def _enter_pipeline(stage_free: list[float], entry: float, st: float) -> float:
     return t
 
 
-def _line(line: tuple[float, ...]) -> tuple[float, float, float]:
-    """A cost model's decode line as (a, b, c): c, the per-token cost of the longest context, is 0
-    for models that return only (a, b)."""
-    return (line[0], line[1], line[2]) if len(line) > 2 else (line[0], line[1], 0.0)
+def _line(line: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """A cost model's decode line as (a, b, c, g) (see CostModel.decode_line): c, the per-token cost
+    of the longest context, and g, its overlap with the bulk term, are 0 where the model omits them."""
+    return (*line, *(0.0,) * (4 - len(line)))  # type: ignore[return-value]
 
 
 def _steady_pipeline(

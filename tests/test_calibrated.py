@@ -188,7 +188,10 @@ def synthetic_profile(
         t = truth(s)
         times = tuple(float(t * np.exp(noise * rng.standard_normal())) for _ in range(3))
         samples.append(
-            ShapeSample(tuple(s.prefill), s.num_decode, s.decode_context, times, statistics.median(times))
+            ShapeSample(
+                tuple(s.prefill), s.num_decode, s.decode_context, times, statistics.median(times),
+                s.decode_max_context,
+            )  # fmt: skip
         )
         over.append(overhead_of(s))
     return Profile(header(**header_overrides), samples, over)
@@ -336,6 +339,46 @@ def test_the_longest_context_sets_the_decode_attention() -> None:
     assert "prefill_kv" in cpu.prefill_fit.terms and not cpu.overlapped
 
 
+OVERLAP = 0.6
+
+
+def overlap_truth(shape: BatchShape) -> float:
+    """The synthetic machine, but its split launches (one wave) hide OVERLAP of the smaller of the
+    bulk term u and the longest-program term v under the larger."""
+    t = true_execute(shape)
+    r = bucket(shape.num_decode)
+    if shape.prefill or splits(r) == 1:
+        return t
+    u = (DEC["ctx"] + DEC["ctx_row"] * r) * shape.decode_context
+    w = triton_decode_tile(r, ARCH.num_kv_heads, SMS, "bfloat16")
+    v = DEC[f"longest[{w}]"] * even_max(shape) / splits(r)
+    return t - OVERLAP * min(u, v)
+
+
+def with_skewed() -> list[BatchShape]:
+    """The grid plus one long context among short ones, at several batch sizes."""
+    skewed = [BatchShape([], b, (b - 1) * 256 + n, n) for b in (4, 8, 16, 32, 64) for n in (4096, 16384)]
+    return grid() + skewed
+
+
+_OVERLAPPED = CalibratedCostModel(profile=synthetic_profile(shapes=with_skewed(), truth=overlap_truth))
+
+
+def test_the_overlap_of_bulk_and_longest_terms_is_recovered() -> None:
+    """On the overlap machine the fit reproduces the profile exactly and predicts a batch of several
+    long contexts to within 1%. (Where every sample of a row count has the same smaller term, g
+    trades off against that row's slope b[B], so the test asks for g > 0 rather than 0.6.) On the
+    additive machine it picks g = 0."""
+    m = _OVERLAPPED
+    assert m._dec_overlap > 0
+    assert max(abs(e) for e in m.decode_fit.rel_errors) < 1e-9
+    plain = CalibratedCostModel(profile=synthetic_profile(shapes=with_skewed()))
+    assert plain._dec_overlap == 0.0
+    several = BatchShape([], 16, 6 * 20000 + 10 * 300, 20000)  # six 20k contexts among ten short ones
+    predicted = m.stage_time(several) - serving_overhead(several)
+    assert predicted == pytest.approx(overlap_truth(several), rel=0.01)
+
+
 def test_eager_steps_take_the_slower_of_launch_and_device_work() -> None:
     m = _NOISE_FREE
     small = BatchShape([(16, 0)])  # the GPU finishes before Python has launched the step
@@ -380,12 +423,16 @@ def test_decode_line_is_exact(n: int, per_seq: int, skew: int) -> None:
     m = _MODEL
     ctx = n * per_seq + skew
     mx = per_seq + skew if n > 1 else ctx  # one sequence holds the extra tokens
-    a, b, c = m.decode_line(n)
+    a, b, c, g = m.decode_line(n)
     s = BatchShape([], n, ctx, mx)
-    assert m.stage_time(s) == a + b * ctx + c * mx  # bit for bit, in this order
-    assert a > 0 and b >= 0 and c >= 0
-    assert sum(m.parts(s).values()) == pytest.approx(a + b * ctx + c * mx, rel=1e-12)
-    assert sum(m.breakdown(s).values()) == pytest.approx(a + b * ctx + c * mx, rel=1e-12)
+    u, v = b * ctx, c * mx
+    want = a + u + v
+    if g:
+        want = want - g * min(u, v)
+    assert m.stage_time(s) == want  # bit for bit, in this order
+    assert a > 0 and b >= 0 and c >= 0 and 0 <= g <= 1
+    assert sum(m.parts(s).values()) == pytest.approx(want, rel=1e-12)
+    assert sum(m.breakdown(s).values()) == pytest.approx(want, rel=1e-12)
 
 
 def test_unprofiled_rows_interpolate_between_profiled_ones() -> None:
@@ -405,7 +452,7 @@ def test_unprofiled_rows_interpolate_between_profiled_ones() -> None:
 def test_graph_padding_and_bad_shapes() -> None:
     m = _MODEL
     assert m.rows(17) == 32 and m.rows(256) == 256 and m.rows(300) == 300
-    assert m.decode_line(0) == (0.0, 0.0, 0.0)
+    assert m.decode_line(0) == (0.0, 0.0, 0.0, 0.0)
     assert m.stage_time(BatchShape([])) == 0.0
     with pytest.raises(ValueError, match="num_decode"):
         m.decode_line(-1)
@@ -434,20 +481,28 @@ def _skewed_trace(n: int, seed: int) -> Trace:
     return Trace(np.cumsum(rng.exponential(1 / 20.0, n)), prompt, rng.integers(1, 400, n))
 
 
-def test_simulator_jump_gives_the_same_timeline_with_the_calibrated_model() -> None:
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_simulator_jump_gives_the_same_timeline_with_the_calibrated_model(overlapped: bool) -> None:
+    m = _OVERLAPPED if overlapped else _MODEL
     tr = _skewed_trace(300, 5)
     cfg = dict(num_kv_blocks=6000, max_num_batched_tokens=2048, max_num_seqs=64)
-    a = simulate(tr, SimConfig(jump=False, **cfg), _MODEL)
-    b = simulate(tr, SimConfig(jump=True, **cfg), _MODEL)
+    a = simulate(tr, SimConfig(jump=False, **cfg), m)
+    b = simulate(tr, SimConfig(jump=True, **cfg), m)
     for k in ("first_scheduled", "first_token", "finish"):
         np.testing.assert_allclose(a.requests[k], b.requests[k], rtol=0, atol=1e-9)
     assert a.meta["iterations"] == b.meta["iterations"]
     assert len(b.iterations["start"]) < len(a.iterations["start"])  # it did jump
-    assert b.meta["cost_model"] == "calibrated" and _MODEL.decode_line(5)[2] > 0  # with a longest term
+    assert b.meta["cost_model"] == "calibrated" and m.decode_line(5)[2] > 0  # with a longest term
+    assert (m.decode_line(5)[3] > 0) == overlapped
 
 
-def test_pipelined_jump_uses_the_longest_context_term_too() -> None:
-    m = CalibratedCostModel(profile=synthetic_profile(noise=0.01, seed=1, pp=2))
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_pipelined_jump_uses_the_longest_context_term_too(overlapped: bool) -> None:
+    if overlapped:
+        m = CalibratedCostModel(profile=synthetic_profile(shapes=with_skewed(), truth=overlap_truth, pp=2))
+        assert m._dec_overlap > 0
+    else:
+        m = CalibratedCostModel(profile=synthetic_profile(noise=0.01, seed=1, pp=2))
     tr = _skewed_trace(200, 7)
     cfg = dict(num_kv_blocks=6000, max_num_batched_tokens=2048, max_num_seqs=64, pp=2)
     a = simulate(tr, SimConfig(jump=False, **cfg), m)
