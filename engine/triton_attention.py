@@ -37,6 +37,22 @@ from engine.triton_splitk import _sum_parts
 
 
 @triton.jit
+def _softmax_update(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
+    """Fold one key tile (log2-domain scores s [M, N], values v [N, D]) into the online softmax's
+    running max m_i, sum l_i and output acc (FlashAttention-2); rows with no key yet stay at 0."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _paged_attn_kernel(
     q_ptr,
     k_ptr,
@@ -128,21 +144,12 @@ def _paged_attn_kernel(
             s = tl.dot(q, k) * scale_log2
         allowed = (kpos[None, :] <= qpos[:, None]) & k_ok[None, :]
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(
             v_ptr + blk[:, None] * stride_vb + slot[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :],
             mask=k_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_update(s, v, m_i, l_i, acc, IEEE)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -273,17 +280,8 @@ def _decode_one_parts_kernel(
         else:
             s = tl.dot(q_lo, k_lo) + tl.dot(q_hi, k_hi)
         s = tl.where(k_ok[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + base[:, None] + dd[None, :], mask=k_ok[:, None] & dd_ok[None, :], other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_update(s, v, m_i, l_i, acc, IEEE)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
