@@ -45,8 +45,8 @@ ctx and longest single context max_ctx:
                stream the bulk of the KV); 0 for the others. g = 0 is the plain sum, which
                counts twice a batch with several long contexts: on Mooncake conversations, steps
                of 9-16 sequences came out 8-12% slow. One g, chosen on a grid of [0, 1] with the
-               rest refitted at each point (`_fit_overlap`); the eight H200 profiles shipped so far
-               pick 0.7-0.9.
+               rest refitted at each point (`_fit_overlap`); the H200 profiles in the repository
+               pick 0.65-0.95.
 
   Each context grows by one token per iteration, so ctx grows by n and max_ctx by 1: a steady
   decode stretch costs a closed function of the iteration index, a + u + v - g * min(u, v) with
