@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends.cost_model import ParallelLayout
 from sim.results import RunResult
+from traces.schema import Trace
 
 
 def assert_identical_runs(a: RunResult, b: RunResult) -> None:
@@ -17,3 +19,15 @@ def assert_identical_runs(a: RunResult, b: RunResult) -> None:
     assert a.itl.total == b.itl.total and a.itl.n == b.itl.n
     for k in ("iterations", "sim_end", "kv"):
         assert a.meta[k] == b.meta[k], k
+
+
+def pipelined_case(cost, pp: int, long: bool, rate: float, seed: int) -> Trace:
+    """Set the `linear_cost` fixture up for a pipeline of `pp` stages whose decode time grows with the
+    context, and return the workload the fast-path tests share: 250 long prompts (`long`) or 300
+    short-output requests at `rate` req/s."""
+    from tests.test_sim_pipeline_plan import long_prompt_trace
+    from tests.test_sim_run_past_finish import short_output_trace
+
+    cost.per_ctx = 1e-6
+    cost.layout = ParallelLayout(1, pp)
+    return long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)

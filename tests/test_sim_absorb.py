@@ -23,6 +23,7 @@ from sim.config import SimConfig
 from sim.replica_core import ReplicaCore
 from sim.results import RunRecorder
 from sim.simulator import Simulation, _first_shape, _shared_kv_limit, simulate
+from tests.sim_identity import pipelined_case
 from tests.test_sim_bulk_paths import _group, member, prefill
 from tests.test_sim_pipeline_plan import VIDUR_PP, _same_timeline, long_prompt_trace
 from tests.test_sim_run_past_finish import short_output_trace
@@ -94,9 +95,7 @@ def _check_blocks(monkeypatch) -> None:
 def test_absorbed_batches_match_stepping(
     linear_cost, monkeypatch, pp, router, rate, blocks, seed, long, replicas
 ):
-    linear_cost.per_ctx = 1e-6
-    linear_cost.layout = ParallelLayout(1, pp)
-    tr = long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+    tr = pipelined_case(linear_cost, pp, long, rate, seed)
     cfg = dict(num_kv_blocks=blocks, max_num_batched_tokens=384, num_replicas=replicas, router=router, pp=pp,
                **ABSORBING)
     step = simulate(tr, SimConfig(jump=False, **cfg), linear_cost)

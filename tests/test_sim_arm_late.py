@@ -10,12 +10,10 @@ from __future__ import annotations
 import pytest
 
 import sim.simulator as simulator
-from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation
-from tests.sim_identity import assert_identical_runs
+from tests.sim_identity import assert_identical_runs, pipelined_case
 from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
-from tests.test_sim_run_past_finish import short_output_trace
 
 
 def _run(monkeypatch, late: bool, tr, cfg: SimConfig, cost) -> tuple:
@@ -43,9 +41,7 @@ def _run(monkeypatch, late: bool, tr, cfg: SimConfig, cost) -> tuple:
 )
 def test_late_completion_events_match_immediate_ones(linear_cost, monkeypatch, pp, router, rate, blocks, seed,
                                                      long):
-    linear_cost.per_ctx = 1e-6
-    linear_cost.layout = ParallelLayout(1, pp)
-    tr = long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+    tr = pipelined_case(linear_cost, pp, long, rate, seed)
     cfg = SimConfig(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router=router, pp=pp)
     now, events_now = _run(monkeypatch, False, tr, cfg, linear_cost)
     late, events_late = _run(monkeypatch, True, tr, cfg, linear_cost)

@@ -17,8 +17,8 @@ from backends.cost_model import ParallelLayout
 from policies.kv.block_manager import BlockManager
 from sim.config import SimConfig
 from sim.simulator import Simulation
-from tests.sim_identity import assert_identical_runs
-from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
+from tests.sim_identity import assert_identical_runs, pipelined_case
+from tests.test_sim_pipeline_plan import VIDUR_PP
 from tests.test_sim_run_past_finish import short_output_trace
 
 
@@ -48,9 +48,7 @@ def _run(monkeypatch, defer: bool, tr, cfg: SimConfig, cost) -> tuple:
 )
 def test_deferred_reserves_match_immediate_ones(linear_cost, monkeypatch, pp, router, rate, blocks, seed,
                                                 long):
-    linear_cost.per_ctx = 1e-6
-    linear_cost.layout = ParallelLayout(1, pp)
-    tr = long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+    tr = pipelined_case(linear_cost, pp, long, rate, seed)
     cfg = SimConfig(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router=router, pp=pp,
                     enable_prefix_caching=False, record_iterations=False)
     now, calls_now = _run(monkeypatch, False, tr, cfg, linear_cost)

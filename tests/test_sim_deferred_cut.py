@@ -12,7 +12,8 @@ import pytest
 from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation, simulate
-from tests.test_sim_pipeline_plan import VIDUR_PP, _same_timeline, long_prompt_trace
+from tests.sim_identity import pipelined_case
+from tests.test_sim_pipeline_plan import VIDUR_PP, _same_timeline
 from tests.test_sim_run_past_finish import short_output_trace
 
 
@@ -48,9 +49,7 @@ def _count_deferred(monkeypatch) -> dict:
 def test_deferred_cuts_match_stepping(
     linear_cost, monkeypatch, pp, router, rate, blocks, seed, long, replicas
 ):
-    linear_cost.per_ctx = 1e-6
-    linear_cost.layout = ParallelLayout(1, pp)
-    tr = long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+    tr = pipelined_case(linear_cost, pp, long, rate, seed)
     cfg = dict(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=replicas, router=router, pp=pp)
     seen = _count_deferred(monkeypatch)
     step = simulate(tr, SimConfig(jump=False, **cfg), linear_cost)

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import sim.simulator as simulator
-from backends.cost_model import ParallelLayout
 from sim.config import SimConfig
 from sim.simulator import Simulation
-from tests.sim_identity import assert_identical_runs
-from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
+from tests.sim_identity import assert_identical_runs, pipelined_case
+from tests.test_sim_pipeline_plan import VIDUR_PP
 from tests.test_sim_run_past_finish import short_output_trace
 
 
@@ -49,9 +48,7 @@ def _run(monkeypatch, quick: bool, tr, cfg: SimConfig, cost) -> tuple:
 )
 def test_quick_kv_cap_matches_the_exact_count(linear_cost, monkeypatch, pp, router, rate, blocks, seed, long,
                                               caching):
-    linear_cost.per_ctx = 1e-6
-    linear_cost.layout = ParallelLayout(1, pp)
-    tr = long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+    tr = pipelined_case(linear_cost, pp, long, rate, seed)
     cfg = SimConfig(num_kv_blocks=blocks, max_num_batched_tokens=256, num_replicas=2, router=router, pp=pp,
                     enable_prefix_caching=caching, record_iterations=caching)
     exact, calls_exact = _run(monkeypatch, False, tr, cfg, linear_cost)
