@@ -592,7 +592,7 @@ class CalibratedCostModel:
         nk = len(keys)
         first = 2 * nk + (1 if self.buckets else 0)
         bulk, longest = slice(nk, 2 * nk), slice(first, X.shape[1])
-        one_wave = np.array([self.splits(self.rows(n)) > 1 for n, _, _ in nc])
+        one_wave = np.array([self._split_launch(self.rows(n)) for n, _, _ in nc])
         self._dec_overlap = 0.0
         if first < X.shape[1] and one_wave.any():
             coef, self._dec_overlap = _fit_overlap(X, y, bulk, longest, one_wave)
@@ -643,8 +643,13 @@ class CalibratedCostModel:
         u = b * ctx and v = c * max_ctx; g is the overlap of split launches (0 for the others)."""
         r = self.rows(n)
         A, b = self._key_line(r)
-        s = self.splits(r)
-        return A + self._dec_seq * n, b, self._longest(r) / s, self._dec_overlap if s > 1 else 0.0
+        g = self._dec_overlap if self._split_launch(r) else 0.0
+        return A + self._dec_seq * n, b, self._longest(r) / self.splits(r), g
+
+    def _split_launch(self, rows: int) -> bool:
+        """The decode launch for `rows` rows splits the keys: one wave of programs, where the bulk
+        and longest-program terms overlap (g)."""
+        return self.splits(rows) > 1
 
     def _longest(self, rows: int) -> float:
         """The longest-program coefficient of the decode launch for `rows` rows (per key, before splits)."""
@@ -920,12 +925,11 @@ class CalibratedCostModel:
                     out.update(gpu if g >= c else cpu)
             else:
                 n, ctx, mx = d
-                r = self.rows(n)
-                A, _ = self._key_line(r)
-                _, b, c, g = self._decode_coefs(n)
+                a, b, c, g = self._decode_coefs(n)
+                seq = self._dec_seq * n
                 out = {
-                    "fixed": A,
-                    "seq": self._dec_seq * n,
+                    "fixed": a - seq,
+                    "seq": seq,
                     "decode_ctx": b * ctx,
                     "longest": c * mx,
                     "overlap": -g * min(b * ctx, c * mx),
