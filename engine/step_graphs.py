@@ -70,12 +70,13 @@ class StepGraphs:
         self.tiles_of = {t: min(t, -(-t // self.block_q) + self.seqs_of[t]) for t in self.buckets}
         tiles = self.tiles_of[big]
         # Packed layout: ids | positions | slots (big each) | cu (s + 2) | ctx (s + 1) | tile seq |
-        # tile q (tiles each) | sample rows (s) | block tables ((s + 1) x max_blocks).
+        # tile q (tiles each) | one-token tile seq | their tile q (s each, the latter always 0) |
+        # sample rows (s) | block tables ((s + 1) x max_blocks).
         off = {}
         n = 0
         for name, size in (
             ("ids", big), ("pos", big), ("slots", big), ("cu", s + 2), ("ctx", s + 1), ("tseq", tiles),
-            ("tq", tiles), ("rows", s), ("tab", (s + 1) * self.max_blocks),
+            ("tq", tiles), ("dseq", s), ("dq", s), ("rows", s), ("tab", (s + 1) * self.max_blocks),
         ):  # fmt: skip
             off[name] = (n, n + size)
             n += size
@@ -113,7 +114,12 @@ class StepGraphs:
             max_q_len=max(t, 2),  # not a decode-only step: prefill tiles, no split-KV
             max_context_len=self.max_model_len,
             num_splits=1,
-            extra={"tile_seq": self._view("tseq")[:tiles], "tile_q": self._view("tq")[:tiles]},
+            extra={
+                "tile_seq": self._view("tseq")[:tiles],
+                "tile_q": self._view("tq")[:tiles],
+                "dtile_seq": self._view("dseq")[: self.seqs_of[t]],
+                "dtile_q": self._view("dq")[: self.seqs_of[t]],
+            },
         )
 
     def _forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,8 +137,9 @@ class StepGraphs:
         h[a:b] = self.scratch_slot
         a, b = self._off["tab"]
         h[a:b] = self.scratch_block
-        a, b = self._off["tseq"]
-        h[a:b] = self.max_seqs  # the always-unused last sequence row
+        for name in ("tseq", "dseq"):
+            a, b = self._off[name]
+            h[a:b] = self.max_seqs  # the always-unused last sequence row
         self.buf.copy_(self._host[0])
         pool = None
         for t in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
@@ -169,10 +176,12 @@ class StepGraphs:
         ctx = h[o["ctx"][0] : o["ctx"][1]]
         tseq = h[o["tseq"][0] : o["tseq"][1]]
         tq = h[o["tq"][0] : o["tq"][1]]
+        dseq = h[o["dseq"][0] : o["dseq"][1]]
         rows = h[o["rows"][0] : o["rows"][1]]
         tab = h[o["tab"][0] : o["tab"][1]].reshape(s + 1, maxb)
         row = 0
         tile = 0
+        single = 0
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
         bq = self.block_q
@@ -195,10 +204,14 @@ class StepGraphs:
             tab[i, :nb] = table
             cu[i] = row
             ctx[i] = c + n
-            k = -(-n // bq)
-            tseq[tile : tile + k] = i
-            tq[tile : tile + k] = np.arange(0, n, bq)
-            tile += k
+            if n == 1:  # launched with decode-sized tiles (TritonPagedAttention.prepare)
+                dseq[single] = i
+                single += 1
+            else:
+                k = -(-n // bq)
+                tseq[tile : tile + k] = i
+                tq[tile : tile + k] = np.arange(0, n, bq)
+                tile += k
             row += n
             if c + n == len(toks):
                 sample_rows.append(row - 1)
@@ -213,6 +226,7 @@ class StepGraphs:
         ctx[nseq:] = 0
         tseq[tile : self.tiles_of[t]] = s
         tq[tile : self.tiles_of[t]] = 0
+        dseq[single : self.seqs_of[t]] = s
         ns = len(sample_rows)
         rows[:ns] = sample_rows
         rows[ns : self.seqs_of[t]] = 0

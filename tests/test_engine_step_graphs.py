@@ -113,14 +113,19 @@ def test_load_matches_build_metadata(batch: ScheduledBatch, reuse: int) -> None:
     for i, s in enumerate(batch.seqs):  # every block the kernel may read
         need = -(-ctx[i] // BS)
         assert tab[i, :need].tolist() == s.block_table[:need]
-    # Tiles: the backend's plan (one tile per BLOCK_Q queries of each sequence), then padding tiles
-    # on the last sequence row, which has no queries and no keys.
-    plan = [(b, q0) for b, n in enumerate(q_lens) for q0 in range(0, n, BLOCK_Q)]
+    # Tiles: the backend's plan (one prefill tile per BLOCK_Q queries of each sequence of two or
+    # more new tokens; one decode-sized tile per one-token sequence), then padding tiles on the
+    # last sequence row, which has no queries and no keys.
+    plan = [(b, q0) for b, n in enumerate(q_lens) if n > 1 for q0 in range(0, n, BLOCK_Q)]
     tiles = g.tiles_of[t]
     assert len(plan) <= tiles
     got = list(zip(part("tseq")[:tiles], part("tq")[:tiles]))
     assert got[: len(plan)] == plan
     assert all(b == g.max_seqs for b, _ in got[len(plan) :])
+    singles = [b for b, n in enumerate(q_lens) if n == 1]
+    k = g.seqs_of[t]
+    assert part("dseq")[:k] == singles + [g.max_seqs] * (k - len(singles))
+    assert part("dq") == [0] * g.max_seqs
     assert cu[g.max_seqs] == cu[g.max_seqs + 1] and part("ctx")[g.max_seqs] == 0
     assert all(c == t_used for c in cu[nseq:]) and all(c == 0 for c in part("ctx")[nseq:])
     # Padded tokens: id 0 at position 0, written to the scratch slot only.
