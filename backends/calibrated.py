@@ -63,14 +63,15 @@ kernel by kernel while the GPU runs them, so the step takes as long as the slowe
                                                   then compute-bound past the roofline knee
           + prefill_attn * sum n * (c + (n + 1) / 2)     causal attention FLOPs per chunk
           + decode_ctx * ctx                      KV the decodes' attention reads in bulk
-          + longest * max(max_ctx, max (c + n))   the attention launch's longest program (eager
-                                                  steps never split: every decode program reads
-                                                  its whole context, a chunk's last tile its prefix
-                                                  and itself); so a 2k chunk next to a 30k-context
-                                                  decode waits for that decode
+          + longest * max (c + n)                 the chunks' attention launch's longest program
+                                                  (a chunk's last tile reads its prefix and itself)
+          + decode_longest * max_ctx              the decodes' launch's longest program: the
+                                                  one-token sequences of an eager step run in a
+                                                  launch of their own, with decode-sized tiles,
+                                                  after the chunks' (eager steps never split)
   A sum instead of the max charged the ~15 ms of Python launch time of a small eager step on top of
   the GPU time of a large one and so misplaced the attention terms. With the torch attention
-  backend (one call per sequence) the last term is prefill_kv * sum (c + n) instead; on a CPU device
+  backend (one call per sequence) the last two terms are prefill_kv * sum (c + n); on a CPU device
   the two parts share the cores and add up.
 
 CPU work outside the step (scheduler decision, bookkeeping) is fixed + seq * S + prefill_seq * P +
@@ -353,13 +354,15 @@ def _decode_max(shape: BatchShape) -> int:
 def _gpu_row(
     shape: BatchShape, knots: tuple[int, ...], one_launch: bool, padded: int | None = None
 ) -> list[float]:
-    """Device-side regressors of an eager step. `one_launch`: the attention of the whole batch is one
-    kernel launch (Triton), so its longest program sets its length; otherwise (the reference path,
-    one call per sequence) each chunk's KV read adds up. `padded`: the token count the step's GEMMs
-    run at (a step graph's bucket), when not its own."""
+    """Device-side regressors of an eager step. `one_launch`: the Triton kernel, which runs the
+    chunks' attention in one launch and the one-token sequences' in a second one with decode-sized
+    tiles, each lasting as long as its longest program (a chunk's last tile walks its prefix and
+    itself; a decode its context); otherwise (the reference path, one call per sequence) each
+    chunk's KV read adds up. `padded`: the token count the step's GEMMs run at (a step graph's
+    bucket), when not its own."""
     t = shape.num_decode
     attn = 0.0
-    longest = _decode_max(shape)
+    longest = 0
     kv = 0
     for n, c in shape.prefill:
         t += n
@@ -369,14 +372,10 @@ def _gpu_row(
             longest = c + n
     if padded is not None:
         t = padded
-    return [
-        1.0,
-        float(t),
-        *(float(max(0, t - k)) for k in knots),
-        attn,
-        float(shape.decode_context),
-        float(longest if one_launch else kv),
-    ]
+    head = [1.0, float(t), *(float(max(0, t - k)) for k in knots), attn, float(shape.decode_context)]
+    if not one_launch:
+        return [*head, float(kv)]
+    return [*head, float(longest), float(_decode_max(shape) if shape.num_decode else 0)]
 
 
 def _cpu_row(shape: BatchShape, graphed: bool = False) -> list[float]:
@@ -464,7 +463,7 @@ class CalibratedCostModel:
             self.sm_source = "given"
         # On an accelerator Python launches kernels while earlier ones run; on a CPU both share the cores.
         self.overlapped = h.device_kind != "cpu"
-        self._attn_term = "longest" if self.splits_apply else "prefill_kv"
+        self._attn_terms = ("longest", "decode_longest") if self.splits_apply else ("prefill_kv",)
         self.num_sms: int | None = num_sms if self.splits_apply else None
         self.sm_range: tuple[int, int] | None = None  # SM counts giving the chosen split plan
         self.notes: list[str] = []
@@ -667,7 +666,7 @@ class CalibratedCostModel:
     # ------------------------------------------------------------------------ fitting: eager
     def _fit_eager(self, samples: list[ShapeSample]) -> TermFit:
         src = self.profile_path or "profile"
-        attn_terms = ("prefill_attn", "decode_ctx", self._attn_term)
+        attn_terms = ("prefill_attn", "decode_ctx", *self._attn_terms)
         base = len(_GPU_BASE) + len(attn_terms) + len(_CPU_TERMS)
         knots = _knots([s.shape.num_tokens for s in samples], PREFILL_KNOT_LADDER, len(samples) - base - 2)
         gpu_terms = (*_GPU_BASE, *(f"token>{k}" for k in knots), *attn_terms)
