@@ -65,10 +65,15 @@ kernel by kernel while the GPU runs them, so the step takes as long as the slowe
           + decode_ctx * ctx                      KV the decodes' attention reads in bulk
           + longest * max (c + n)                 the chunks' attention launch's longest program
                                                   (a chunk's last tile reads its prefix and itself)
-          + decode_longest * max_ctx              the decodes' launch's longest program: the
-                                                  one-token sequences of an eager step run in a
-                                                  launch of their own, with decode-sized tiles,
-                                                  after the chunks' (eager steps never split)
+          + v - g * min(u, v)                     the decodes' launch: an eager step's one-token
+                                                  sequences run in a launch of their own, unsplit,
+                                                  with decode-sized tiles, after the chunks'. Its
+                                                  longest program v = longest[W(n)] * max_ctx takes
+                                                  the decode group's coefficient (not fitted: even
+                                                  grid contexts cannot tell it from decode_ctx);
+                                                  where the launch is one wave (n * kv_heads <= SMs)
+                                                  it hides g (the decode group's) of the smaller of
+                                                  v and u = decode_ctx * ctx
   A sum instead of the max charged the ~15 ms of Python launch time of a small eager step on top of
   the GPU time of a large one and so misplaced the attention terms. With the torch attention
   backend (one call per sequence) the last two terms are prefill_kv * sum (c + n); on a CPU device
@@ -274,9 +279,12 @@ def _fit_overlap(
     return best[2], best[1]
 
 
-def _fit_slower_of_two(G: np.ndarray, C: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(g, c) >= 0 minimising sum(((max(G g, C c) - y) / y)^2): two affine models of which the
-    slower one sets each sample (GPU work and the CPU launching it, overlapped).
+def _fit_slower_of_two(
+    G: np.ndarray, C: np.ndarray, y: np.ndarray, off: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(g, c) >= 0 minimising sum(((max(G g + off, C c) - y) / y)^2): two affine models of which the
+    slower one sets each sample (GPU work and the CPU launching it, overlapped); `off` is GPU time
+    known beforehand (default none).
 
     Started from three points (all GPU; CPU floor on the fastest samples and GPU on the rest; the
     alternating assignment fit from there) and refined by bounded least squares with the exact
@@ -287,30 +295,32 @@ def _fit_slower_of_two(G: np.ndarray, C: np.ndarray, y: np.ndarray) -> tuple[np.
     Gs, Cs = Gs / sg, Cs / sc
     ng, nc = G.shape[1], C.shape[1]
     ones = np.ones(len(y))
+    offs = np.zeros(len(y)) if off is None else off * w
+    rest = ones - offs  # what the GPU terms have to make up
 
-    def nn(A: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    def nn(A: np.ndarray, sel: np.ndarray, target: np.ndarray) -> np.ndarray:
         if sel.sum() == 0:
             return np.zeros(A.shape[1])
-        return nnls(A[sel], ones[sel], maxiter=50 * A.shape[1])[0]
+        return nnls(A[sel], target[sel], maxiter=50 * A.shape[1])[0]
 
     def fun(p: np.ndarray) -> np.ndarray:
-        return np.maximum(Gs @ p[:ng], Cs @ p[ng:]) - 1.0
+        return np.maximum(Gs @ p[:ng] + offs, Cs @ p[ng:]) - 1.0
 
     def jac(p: np.ndarray) -> np.ndarray:
-        gpu = Gs @ p[:ng] >= Cs @ p[ng:]
+        gpu = Gs @ p[:ng] + offs >= Cs @ p[ng:]
         J = np.zeros((len(y), ng + nc))
         J[gpu, :ng] = Gs[gpu]
         J[~gpu, ng:] = Cs[~gpu]
         return J
 
     all_rows = np.ones(len(y), dtype=bool)
-    starts = [np.concatenate([nn(Gs, all_rows), np.zeros(nc)])]
+    starts = [np.concatenate([nn(Gs, all_rows, rest), np.zeros(nc)])]
     floor = y <= np.quantile(y, 0.25)
-    p = np.concatenate([nn(Gs, ~floor if (~floor).sum() >= ng else all_rows), nn(Cs, floor)])
+    p = np.concatenate([nn(Gs, ~floor if (~floor).sum() >= ng else all_rows, rest), nn(Cs, floor, ones)])
     starts.append(p.copy())
     for _ in range(30):  # alternating assignment (the classic max-affine fit)
-        gpu = Gs @ p[:ng] >= Cs @ p[ng:]
-        q = np.concatenate([nn(Gs, gpu), nn(Cs, ~gpu)])
+        gpu = Gs @ p[:ng] + offs >= Cs @ p[ng:]
+        q = np.concatenate([nn(Gs, gpu, rest), nn(Cs, ~gpu, ones)])
         if np.allclose(q, p, rtol=1e-12, atol=1e-15):
             break
         p = q
@@ -372,10 +382,14 @@ def _gpu_row(
             longest = c + n
     if padded is not None:
         t = padded
-    head = [1.0, float(t), *(float(max(0, t - k)) for k in knots), attn, float(shape.decode_context)]
-    if not one_launch:
-        return [*head, float(kv)]
-    return [*head, float(longest), float(_decode_max(shape) if shape.num_decode else 0)]
+    return [
+        1.0,
+        float(t),
+        *(float(max(0, t - k)) for k in knots),
+        attn,
+        float(shape.decode_context),
+        float(longest if one_launch else kv),
+    ]
 
 
 def _cpu_row(shape: BatchShape, graphed: bool = False) -> list[float]:
@@ -463,7 +477,7 @@ class CalibratedCostModel:
             self.sm_source = "given"
         # On an accelerator Python launches kernels while earlier ones run; on a CPU both share the cores.
         self.overlapped = h.device_kind != "cpu"
-        self._attn_terms = ("longest", "decode_longest") if self.splits_apply else ("prefill_kv",)
+        self._attn_term = "longest" if self.splits_apply else "prefill_kv"
         self.num_sms: int | None = num_sms if self.splits_apply else None
         self.sm_range: tuple[int, int] | None = None  # SM counts giving the chosen split plan
         self.notes: list[str] = []
@@ -666,7 +680,7 @@ class CalibratedCostModel:
     # ------------------------------------------------------------------------ fitting: eager
     def _fit_eager(self, samples: list[ShapeSample]) -> TermFit:
         src = self.profile_path or "profile"
-        attn_terms = ("prefill_attn", "decode_ctx", *self._attn_terms)
+        attn_terms = ("prefill_attn", "decode_ctx", self._attn_term)
         base = len(_GPU_BASE) + len(attn_terms) + len(_CPU_TERMS)
         knots = _knots([s.shape.num_tokens for s in samples], PREFILL_KNOT_LADDER, len(samples) - base - 2)
         gpu_terms = (*_GPU_BASE, *(f"token>{k}" for k in knots), *attn_terms)
@@ -680,11 +694,32 @@ class CalibratedCostModel:
         G = np.array([self._gpu_row(s, knots) for s in shapes])
         C = np.array([_cpu_row(s, self.step_bucket(s) is not None) for s in shapes])
         y = np.array([s.median_s for s in samples])
-        if self.overlapped:
-            g, c = _fit_slower_of_two(G, C, y)
-        else:
-            both = _nnls_relative(np.column_stack([G, C]), y)
-            g, c = both[: G.shape[1]], both[G.shape[1] :]
+
+        known = np.array([self._decode_launch_longest(s) for s in shapes])
+
+        def fit(Gm: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if self.overlapped:
+                return _fit_slower_of_two(Gm, C, y, off)
+            both = _nnls_relative(np.column_stack([Gm, C]), y - off)
+            return both[: Gm.shape[1]], both[Gm.shape[1] :]
+
+        g, c = fit(G, known)
+        # A one-wave decode launch hides the smaller of its bulk (decode_ctx) and its longest program
+        # under the larger, by the decode group's g: given which is smaller the model is linear again,
+        # so alternate until that stops changing.
+        iu = gpu_terms.index("decode_ctx")
+        wave = np.array([self._one_wave_decodes(s) for s in shapes], dtype=bool)
+        if self._dec_overlap and wave.any():
+            seen = None
+            for _ in range(12):
+                u_small = G[:, iu] * g[iu] < known
+                if seen is not None and np.array_equal(u_small, seen):
+                    break
+                seen = u_small
+                Gr = G.copy()
+                Gr[wave & u_small, iu] *= 1.0 - self._dec_overlap
+                off = np.where(wave & ~u_small, (1.0 - self._dec_overlap) * known, known)
+                g, c = fit(Gr, off)
         if not any(s.num_decode for s in samples):
             # No mixed batches measured: decode attention inside a mixed step reads its KV at the bulk
             # rate the decode group measured at its widest batch.
@@ -696,7 +731,9 @@ class CalibratedCostModel:
         self._gpu_coef = tuple(float(v) for v in g)
         self._cpu_coef = tuple(float(v) for v in c)
         self._pf_knots = knots
-        predicted = np.maximum(G @ g, C @ c) if self.overlapped else G @ g + C @ c
+        self._pf_ctx_col = iu
+        gpu = G @ g + np.array([self._decode_launch(s, r) for s, r in zip(shapes, G)])
+        predicted = np.maximum(gpu, C @ c) if self.overlapped else gpu + C @ c
         return TermFit(
             terms, self._gpu_coef + self._cpu_coef, knots, tuple(y.tolist()), tuple(predicted.tolist())
         )
@@ -712,11 +749,41 @@ class CalibratedCostModel:
     def _gpu_row(self, shape: BatchShape, knots: tuple[int, ...]) -> list[float]:
         return _gpu_row(shape, knots, self.splits_apply, self.step_bucket(shape))
 
+    def _one_wave_decodes(self, shape: BatchShape) -> bool:
+        """The decodes' attention launch of an eager step fits in one wave (at most a program per SM),
+        where its longest program runs while the others read the bulk of the KV, as in a split
+        decode launch."""
+        n = shape.num_decode
+        return self.splits_apply and self.num_sms is not None and 0 < n * self.kv_heads <= self.num_sms
+
+    def _decode_launch_longest(self, shape: BatchShape) -> float:
+        """Seconds of the longest program of an eager step's decode launch (the Triton kernel runs a
+        step's one-token sequences in a launch of their own, unsplit, with the tile width the decode
+        launch of as many rows gets): the decode group's longest coefficient for that width times
+        the longest context. Taken from the decode group, where skewed batches pin it, not fitted:
+        the grid's mixed samples have even contexts, which cannot tell it from decode_ctx, and fitted
+        freely it came out 1.6x the decode group's, 5-12% too slow on Mooncake steps with 5-15
+        decodes of up to 27k tokens beside a chunk (H200)."""
+        if not self.splits_apply or not shape.num_decode or not shape.prefill:
+            return 0.0
+        b = self.step_bucket(shape)
+        rows = shape.num_decode if b is None else min(self.profile.header.max_num_seqs, b)
+        return self._longest(rows) * _decode_max(shape)
+
+    def _decode_launch(self, shape: BatchShape, row) -> float:
+        """The decode launch's longest program less what a one-wave launch hides of the smaller of
+        it and the decodes' bulk read (decode_ctx), by the decode group's overlap g."""
+        v = self._decode_launch_longest(shape)
+        if not v or not self._dec_overlap or not self._one_wave_decodes(shape):
+            return v
+        u = self._gpu_coef[self._pf_ctx_col] * row[self._pf_ctx_col]
+        return v - self._dec_overlap * min(u, v)
+
     def _eager_parts(self, shape: BatchShape) -> tuple[float, float]:
         """(device, launch) seconds of an eager step: the step takes the larger on an accelerator, the
         sum on a CPU. A step-graph replay has no launch part and runs its bucket's token count."""
         row = self._gpu_row(shape, self._pf_knots)
-        g = math.fsum(a * x for a, x in zip(self._gpu_coef, row))
+        g = math.fsum(a * x for a, x in zip(self._gpu_coef, row)) + self._decode_launch(shape, row)
         cpu = _cpu_row(shape, self.step_bucket(shape) is not None)
         c = math.fsum(a * x for a, x in zip(self._cpu_coef, cpu))
         return g, c
@@ -914,7 +981,10 @@ class CalibratedCostModel:
                 row = self._gpu_row(shape, self._pf_knots)
                 names = self.prefill_fit.terms[: len(self._gpu_coef)]
                 k = self.eager_scale
-                gpu = zip(names, (k * a * x for a, x in zip(self._gpu_coef, row)))
+                gpu = list(zip(names, (k * a * x for a, x in zip(self._gpu_coef, row))))
+                launch = self._decode_launch(shape, row)
+                if launch:
+                    gpu.append(("decode_longest", k * launch))
                 graphed = self.step_bucket(shape) is not None
                 cpu = zip(_CPU_TERMS, (k * a * x for a, x in zip(self._cpu_coef, _cpu_row(shape, graphed))))
                 if not self.overlapped:

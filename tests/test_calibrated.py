@@ -40,7 +40,7 @@ MAX_LEN = 32768
 DEC = {"fixed": 4e-3, "row": 5e-6, "row>64": 3e-5, "seq": 2e-6, "longest[64]": 1.1e-6, "longest[128]": 6.5e-7}
 DEC |= {"ctx": 1.2e-8, "ctx_row": 8e-11}  # per-token slope of the decode line: ctx + ctx_row * rows
 GPU = {"fixed": 6e-3, "token": 2e-5, "token>512": 6e-5, "prefill_attn": 1e-10}
-GPU |= {"decode_ctx": 3e-8, "longest": 5e-7, "decode_longest": 3e-7}
+GPU |= {"decode_ctx": 3e-8, "longest": 5e-7}
 CPU = {"cpu_fixed": 8e-3, "cpu_seq": 4e-5}
 SCHED = (5e-5, 1e-6, 2e-6, 1e-8)  # fixed, per seq, per prefill seq, per prefill token
 COMP = (3e-5, 2e-6, 0.0, 5e-9)
@@ -78,9 +78,11 @@ def true_execute(
     if graphed:  # a step-graph replay: its bucket's token count, no Python launches
         t = next(b for b in step_buckets if b >= t)
     attn = sum(n * (c + (n + 1) / 2) for n, c in shape.prefill)
-    if triton:  # the chunks' launch, then the one-token sequences' launch
-        longest = max(c + n for n, c in shape.prefill)
-        crit = GPU["longest"] * longest + GPU["decode_longest"] * (even_max(shape) if nd else 0)
+    if triton:  # the chunks' launch, then the one-token sequences' launch (the decode kernel's rate)
+        crit = GPU["longest"] * max(c + n for n, c in shape.prefill)
+        if nd:
+            w = triton_decode_tile(min(256, t) if graphed else nd, ARCH.num_kv_heads, SMS, "bfloat16")
+            crit += DEC[f"longest[{w}]"] * even_max(shape)
     else:
         crit = GPU["longest"] * sum(c + n for n, c in shape.prefill)
     gpu = (
@@ -235,7 +237,7 @@ def test_noise_free_fit_reproduces_the_machine() -> None:
         assert dec[f"longest[{w}-key tiles]"] == pytest.approx(DEC[f"longest[{w}]"], rel=1e-6)
     assert dec["seq"] == pytest.approx(DEC["seq"], rel=1e-6)
     pre = dict(zip(m.prefill_fit.terms, m.prefill_fit.coef))
-    for term in ("longest", "decode_longest", "decode_ctx"):  # the chunks' and the decodes' launches
+    for term in ("longest", "decode_ctx"):  # the chunks' launch and the decodes' bulk read
         assert pre[term] == pytest.approx(GPU[term], rel=1e-6), term
     for b in (4, 8, 16, 32, 48, 112, 160, 224):  # rows profiled at two batch sizes: line pinned down
         want = DEC["fixed"] + DEC["row"] * b + DEC["row>64"] * max(0, b - 64)
