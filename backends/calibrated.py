@@ -762,8 +762,8 @@ class CalibratedCostModel:
         launch of as many rows gets): the decode group's longest coefficient for that width times
         the longest context. Taken from the decode group, where skewed batches pin it, not fitted:
         the grid's mixed samples have even contexts, which cannot tell it from decode_ctx, and fitted
-        freely it came out 1.6x the decode group's, 5-12% too slow on Mooncake steps with 5-15
-        decodes of up to 27k tokens beside a chunk (H200)."""
+        freely it came out 1.16-1.5x the decode group's (three H200 profiles), 5-12% too slow on
+        Mooncake steps with 5-16 decodes of up to 27k tokens beside a chunk."""
         if not self.splits_apply or not shape.num_decode or not shape.prefill:
             return 0.0
         b = self.step_bucket(shape)
