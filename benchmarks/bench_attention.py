@@ -11,10 +11,14 @@ sets the pace. Two measurements, both on Llama-3.1-8B heads (32 query, 8 KV head
   an Azure conversation slice and a Mooncake slice with the narrow constants everywhere (64 keys,
   2 stages: the kernel's launch before the per-launch choice) and with `launch_config`, alternating,
   `--rounds` times, in one process.
+- `mixed`: eager mixed steps (a chunk beside decodes) through the engine's runner, with the
+  one-token sequences in a decode-tile launch of their own (`TritonPagedAttention.prepare`) and with
+  every sequence in the chunks' launch (the plan before that), alternating, median of 9 per shape.
 
     python -m benchmarks.bench_attention --mode kernel --out benchmarks/results/attention_sweep_h200.json
     python -m benchmarks.bench_attention --mode serving --azure-trace A.csv --mooncake-trace M.jsonl \\
         --out benchmarks/results/attention_ab_h200.json
+    python -m benchmarks.bench_attention --mode mixed --out benchmarks/results/attention_mixed_ab_h200.json
 """
 
 from __future__ import annotations
@@ -126,6 +130,82 @@ def _narrow_launches() -> Iterator[None]:
         TritonPagedAttention.launch_config = chosen
 
 
+@contextlib.contextmanager
+def _one_launch_plan() -> Iterator[None]:
+    """Steps with prefill tokens launch every sequence, one-token ones included, in prefill-sized
+    tiles of one launch (the plan before decodes got a launch of their own)."""
+    from engine.triton_attention import TritonPagedAttention
+
+    two = TritonPagedAttention.prepare
+
+    def one(self, meta) -> None:
+        two(self, meta)
+        if meta.is_decode_only:
+            return
+        bq = self.tile_rows(False)[1]
+        plan = [(b, q0) for b, n in enumerate(meta.q_lens) for q0 in range(0, n, bq)]
+        meta.extra["tile_seq"] = torch.tensor([b for b, _ in plan], dtype=torch.int32, device=self.device)
+        meta.extra["tile_q"] = torch.tensor([q for _, q in plan], dtype=torch.int32, device=self.device)
+        meta.extra["dtile_seq"] = meta.extra["dtile_seq"][:0]
+        meta.extra["dtile_q"] = meta.extra["dtile_q"][:0]
+
+    TritonPagedAttention.prepare = one
+    try:
+        yield
+    finally:
+        TritonPagedAttention.prepare = two
+
+
+MIXED = [  # (chunks (new, cached), decodes, summed decode context, longest decode context or 0)
+    ([(1984, 0)], 64, 64 * 512, 0), ([(512, 4096)], 224, 224 * 512, 0), ([(1824, 0)], 224, 224 * 512, 0),
+    ([(1824, 4096)], 224, 224 * 512, 0), ([(1920, 0)], 128, 128 * 2048, 0),
+    ([(1000, 1000)], 100, 100 * 1000, 0), ([(1500, 0)], 16, 16 * 1000, 0),
+    ([(1200, 2048)], 150, 150 * 1100, 9000), ([(2048, 0)], 0, 0, 0), ([(1024, 8192)], 0, 0, 0),
+]
+
+
+def mixed_ab(repeats: int = 9) -> dict:
+    from backends.cost_model import BatchShape
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.profiler import _Synth, build_batch, release
+    from policies.kv.block_manager import BlockManager
+
+    eng = LLMEngine(EngineConfig(
+        model="llama-3.1-8b", device="cuda", dtype="bfloat16", max_num_seqs=256,
+        max_num_batched_tokens=2048, max_model_len=32768, enable_prefix_caching=False,
+        gpu_memory_utilization=0.85,
+    ))  # fmt: skip
+    r = eng.runner
+    kv = BlockManager(r.num_blocks, r.block_size, enable_prefix_caching=False)
+    synth = _Synth(eng.spec.vocab_size, 0)
+    plans = {"old": _one_launch_plan, "new": contextlib.nullcontext}
+    out: dict = {"card": torch.cuda.get_device_name(), "unit": "ms per step (ModelRunner.execute)"}
+    out["rows"] = []
+    for chunks, nd, ctx, mx in MIXED:
+        batch = build_batch(BatchShape(chunks, nd, ctx, mx), kv, synth)
+        times: dict[str, list[float]] = {k: [] for k in plans}
+        for i in range(2 + repeats):  # two untimed rounds (Triton compiles the new shapes)
+            for name, plan in plans.items():
+                with plan():
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    r.execute(batch)
+                    torch.cuda.synchronize()
+                if i >= 2:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+        release(batch, kv)
+        old, new = statistics.median(times["old"]), statistics.median(times["new"])
+        row = {"prefill": chunks, "num_decode": nd, "decode_context": ctx, "decode_max_context": mx}
+        out["rows"].append(row | {"old_ms": old, "new_ms": new, "ratio": new / old})
+        print(
+            f"{str(chunks):16s} nd={nd:3d} ctx={ctx:7d} one launch {old:7.2f} ms, "
+            f"two {new:7.2f} ms, x{new / old:.3f}",
+            flush=True,
+        )
+    return out
+
+
 def serving_ab(azure: str, mooncake: str, rounds: int) -> dict:
     from benchmarks.metrics import compute_metrics
     from engine.config import EngineConfig
@@ -168,7 +248,7 @@ def serving_ab(azure: str, mooncake: str, rounds: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=("kernel", "serving"), default="kernel")
+    ap.add_argument("--mode", choices=("kernel", "serving", "mixed"), default="kernel")
     ap.add_argument("--azure-trace", default="../shared/traces/azure_llm_2023_conv.csv")
     ap.add_argument("--mooncake-trace", default="../shared/traces/mooncake_conversation.jsonl")
     ap.add_argument("--rounds", type=int, default=2)
@@ -180,9 +260,11 @@ def main() -> None:
         raise SystemExit("bench_attention needs a CUDA device")
     if args.mode == "kernel":
         res = kernel_sweep()
+    elif args.mode == "mixed":
+        res = mixed_ab()
     else:
         res = serving_ab(args.azure_trace, args.mooncake_trace, args.rounds)
-    stem = "attention_sweep" if args.mode == "kernel" else "attention_ab"
+    stem = {"kernel": "attention_sweep", "mixed": "attention_mixed_ab"}.get(args.mode, "attention_ab")
     write_result(result_path(stem, torch.cuda.get_device_name(), args.out), res)
 
 
