@@ -738,6 +738,22 @@ class CalibratedCostModel:
             terms, self._gpu_coef + self._cpu_coef, knots, tuple(y.tolist()), tuple(predicted.tolist())
         )
 
+    def path(self, shape: BatchShape) -> str:
+        """How the engine runs a step, as the model mirrors it: the decode graph of B rows, a step
+        graph of T tokens, or Python-launched work, binned by 256 new tokens. Reports sum the error
+        per path, which is where a systematic one shows (a slow graph bucket, a launch-bound range)."""
+        if shape.num_seqs == 0:
+            return "idle"
+        d = self.as_decode(shape)
+        if d is not None:
+            graphed = bool(self.buckets) and d[0] <= self.buckets[-1]
+            return f"{'decode graph' if graphed else 'decode'} {self.rows(d[0])}"
+        b = self.step_bucket(shape)
+        if b is not None:
+            return f"step graph {b}"
+        lo = (shape.num_tokens - 1) // 256 * 256
+        return f"eager {lo + 1}-{lo + 256} tokens"
+
     def step_bucket(self, shape: BatchShape) -> int | None:
         """The step-graph bucket the engine runs this (non-decode) step in, or None when it runs eagerly."""
         b = self.step_buckets

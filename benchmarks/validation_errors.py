@@ -223,6 +223,7 @@ def iteration_table(
         "predicted_execute_s": np.array([p["execute"] for p in parts]),
         "predicted_stage_s": np.array([cost.stage_time(s) for s in shapes]),
         "kind": np.array([shape_kind(s) for s in shapes], dtype=object),
+        "path": np.array([cost.path(s) for s in shapes], dtype=object),
         "num_seqs": np.array([s.num_seqs for s in shapes], dtype=np.int64),
         "prefill_tokens": np.array([s.num_tokens - s.num_decode for s in shapes], dtype=np.int64),
         "prefill_cached_tokens": np.array([sum(c for _, c in s.prefill) for s in shapes], dtype=np.int64),
@@ -245,7 +246,29 @@ def iteration_errors(table: dict[str, np.ndarray]) -> dict:
         out[kind] = _abs_rel_summary(table["predicted_s"][sel], table["measured_s"][sel])
     m, p = table["measured_s"].sum(), table["predicted_s"].sum()
     out["total_busy_seconds"] = {"measured": float(m), "predicted": float(p), "rel_error": rel_error(p, m)}
+    out["by_path"] = path_errors(table)
     return out
+
+
+def path_errors(table: dict[str, np.ndarray]) -> list[dict]:
+    """The step's time (`execute_s`) summed per launch path (`CalibratedCostModel.path`), measured
+    against predicted, largest absolute difference first: the seconds a run's error is made of."""
+    rows = []
+    paths = table["path"]
+    for p in sorted(set(paths.tolist())):
+        sel = paths == p
+        m, q = table["execute_s"][sel], table["predicted_execute_s"][sel]
+        ok = m > 0
+        rows.append({
+            "path": p,
+            "n": int(sel.sum()),
+            "measured_s": float(m.sum()),
+            "predicted_s": float(q.sum()),
+            "rel_error": rel_error(float(q.sum()), float(m.sum())),
+            "median_rel_error": float(np.median((q[ok] - m[ok]) / m[ok])) if ok.any() else None,
+        })  # fmt: skip
+    rows.sort(key=lambda r: -abs(r["predicted_s"] - r["measured_s"]))
+    return rows
 
 
 def summarize(
@@ -358,5 +381,15 @@ def format_errors(errors: dict) -> str:
         lines.append(
             f"iteration time |error|: median {it['median_abs_rel_error']:.1%}, "
             f"p90 {it['p90_abs_rel_error']:.1%} over {it['n']} iterations"
+        )
+    worst = [r for r in errors["iterations"].get("by_path", [])[:3] if r["rel_error"] is not None]
+    if worst:
+        lines.append(
+            "step time by launch path, largest differences: "
+            + "; ".join(
+                f"{r['path']} {1e3 * (r['predicted_s'] - r['measured_s']):+.0f} ms ({r['rel_error']:+.1%}, "
+                f"{r['n']} steps)"
+                for r in worst
+            )
         )
     return "\n".join(lines)

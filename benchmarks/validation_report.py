@@ -237,6 +237,24 @@ def _summary_table_html(title: str, d: dict[str, dict]) -> str:
     )
 
 
+def _path_table_html(rows: list[dict], top: int = 15) -> str:
+    """Step time per launch path (decode graph of B rows, step graph of T tokens, eager by tokens)."""
+    e = html.escape
+    body = "".join(
+        f"<tr><th>{e(r['path'])}</th><td>{r['n']}</td><td>{1e3 * r['measured_s']:.0f}</td>"
+        f"<td>{1e3 * r['predicted_s']:.0f}</td><td>{1e3 * (r['predicted_s'] - r['measured_s']):+.0f}</td>"
+        f"<td>{_fmt(r['rel_error'], '+.1%')}</td><td>{_fmt(r['median_rel_error'], '+.1%')}</td></tr>"
+        for r in rows[:top]
+    )
+    rest = len(rows) - top
+    return (
+        "<table><thead><tr><th>step time by launch path</th><th>steps</th><th>measured ms</th>"
+        "<th>predicted ms</th><th>difference ms</th><th>error of the sum</th><th>median step error</th>"
+        f"</tr></thead><tbody>{body}</tbody></table>"
+        + (f"<p>The {rest} paths with smaller differences are in errors.json.</p>" if rest > 0 else "")
+    )
+
+
 def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
     e = html.escape
     er = result.errors
@@ -285,6 +303,7 @@ def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
         "<section><h2>Per request and per iteration</h2>",
         _summary_table_html("per request", er["per_request"]),
         _summary_table_html("per iteration (scheduler + step)", er["iterations"]),
+        _path_table_html(er["iterations"].get("by_path", [])),
         "</section>",
         "<section><h2>Mirror check</h2><table><thead><tr><th>field</th><th>engine</th><th>simulator</th></tr>"
         f"</thead><tbody>{mirror_rows}</tbody></table></section>",

@@ -308,6 +308,14 @@ def test_step_graph_buckets_pad_tokens_and_drop_the_launch_floor() -> None:
     assert m.step_bucket(BatchShape([(130, 0)])) == 192 and m.step_bucket(BatchShape([(513, 0)])) is None
     # The same machine without step graphs pays the launch floor on small steps.
     assert _NOISE_FREE.parts(BatchShape([(20, 0)]))["execute"] > m.parts(BatchShape([(20, 0)]))["execute"]
+    # The launch path reports sum errors by: decode graph rows, step graph bucket, eager token bin.
+    assert m.path(BatchShape([], 3, 300)) == "decode graph 4"
+    assert m.path(BatchShape([(1, 40)], 2, 200)) == "decode graph 4"  # a one-token chunk rides along
+    assert m.path(BatchShape([], 300, 30000)) == "decode 300"  # past the largest graph
+    assert m.path(BatchShape([(130, 50)], 3, 1200)) == "step graph 192"
+    assert m.path(BatchShape([(700, 0)])) == "eager 513-768 tokens"
+    assert m.path(BatchShape([(1000, 0)], 25, 2500)) == "eager 1025-1280 tokens"
+    assert m.path(BatchShape([])) == "idle"
 
 
 def test_split_plan_from_the_datasheet_given_or_fitted() -> None:

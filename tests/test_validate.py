@@ -131,6 +131,14 @@ def test_errors_hold_every_promised_number(run) -> None:
     it = e["iterations"]
     assert it["all"]["n"] == len(res.measured.iterations["start"]) == len(res.iterations["start"])
     assert it["decode"]["n"] + it["prefill"]["n"] + it["mixed"]["n"] == it["all"]["n"]
+    # Step time per launch path: every iteration in exactly one path, sums that add up, worst first.
+    paths = it["by_path"]
+    assert sum(r["n"] for r in paths) == it["all"]["n"]
+    assert sum(r["measured_s"] for r in paths) == pytest.approx(float(res.iterations["execute_s"].sum()))
+    gaps = [abs(r["predicted_s"] - r["measured_s"]) for r in paths]
+    assert gaps == sorted(gaps, reverse=True)
+    assert {r["path"] for r in paths} == set(res.iterations["path"].tolist())
+    assert all(p.startswith(("decode", "step graph", "eager")) for p in res.iterations["path"])
     # Iteration shapes were recorded and agree with the engine's own iteration rows.
     t = res.iterations
     np.testing.assert_array_equal(t["num_seqs"], res.measured.iterations["num_seqs"])
@@ -159,7 +167,7 @@ def test_report_directory(run) -> None:
     assert "Plotly" in page and "<script src=" not in page  # plotly.js inlined: opens offline
     for fig in ("ttft_scatter", "e2e_scatter", "iteration_time", "iteration_scatter", "profile_fit"):
         assert f"id='{fig}'" in page
-    assert "side_by_side.html" in page and "Mirror check" in page
+    assert "side_by_side.html" in page and "Mirror check" in page and "step time by launch path" in page
     errors = json.loads((out / "errors.json").read_text())
     assert errors["metrics"][0]["metric"] == "ttft_ms"
     assert not any("PNG" in n for n in errors["notes"])  # png=False: not even attempted
