@@ -12,11 +12,12 @@ A step of T new tokens over S sequences runs in the smallest bucket >= T. Every 
 one packed int32 device buffer filled by one host-to-device copy: token ids, positions and KV
 slots (padded tokens: id 0, position 0, the KV cache's scratch slot), the sequences' row offsets
 and context lengths (unused sequence rows: no rows, no context), their block tables, the
-attention launch's tile -> (sequence, first query) map and the rows to sample. The attention grid
-is the bucket's worst-case tile count; padding tiles point at an unused sequence row, so their
-programs load nothing and store nothing. Padded token rows flow through the GEMMs (rows are
-independent) and are never sampled. The graph ends with the LM head on the sampled rows (as many
-as the bucket allows sequences) and the greedy argmax.
+attention launches' tile -> (sequence, first query) maps (prefill tiles for the chunks, and
+decode-sized tiles for one-token sequences, launched apart as TritonPagedAttention.prepare plans
+them) and the rows to sample. Each attention grid is the bucket's worst-case tile count; padding
+tiles point at an unused sequence row, so their programs load nothing and store nothing. Padded
+token rows flow through the GEMMs (rows are independent) and are never sampled. The graph ends
+with the LM head on the sampled rows (as many as the bucket allows sequences) and the greedy argmax.
 """
 
 from __future__ import annotations
