@@ -3,6 +3,9 @@ pinned to their slow forms by running both and comparing every recorded value bi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 from backends.cost_model import ParallelLayout
@@ -31,3 +34,22 @@ def pipelined_case(cost, pp: int, long: bool, rate: float, seed: int) -> Trace:
     cost.per_ctx = 1e-6
     cost.layout = ParallelLayout(1, pp)
     return long_prompt_trace(250, rate, seed) if long else short_output_trace(300, rate, seed)
+
+
+@contextlib.contextmanager
+def counting_calls(owner: object, name: str) -> Iterator[list[int]]:
+    """Count the calls to `owner.name` (a module function, a class's method or an object's bound
+    one) inside the block, in the yielded one-element list; the original is back afterwards. The
+    fast-path tests use it to show a fast path saves the work it claims to."""
+    original = getattr(owner, name)
+    calls = [0]
+
+    def counting(*args, **kw):
+        calls[0] += 1
+        return original(*args, **kw)
+
+    setattr(owner, name, counting)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, original)

@@ -12,22 +12,16 @@ import pytest
 import sim.simulator as simulator
 from sim.config import SimConfig
 from sim.simulator import Simulation
-from tests.sim_identity import assert_identical_runs, pipelined_case
+from tests.sim_identity import assert_identical_runs, counting_calls, pipelined_case
 from tests.test_sim_pipeline_plan import VIDUR_PP, long_prompt_trace
 
 
 def _run(monkeypatch, late: bool, tr, cfg: SimConfig, cost) -> tuple:
     monkeypatch.setattr(simulator, "_ARM_LATE", late)
     sim = Simulation(tr, cfg, cost)
-    scheduled = [0]
-    schedule = sim.env.schedule
-
-    def counting(*args, **kw):
-        scheduled[0] += 1
-        return schedule(*args, **kw)
-
-    sim.env.schedule = counting  # every SimPy event goes through it
-    return sim.run(), scheduled[0]
+    with counting_calls(sim.env, "schedule") as calls:  # every SimPy event goes through it
+        result = sim.run()
+    return result, calls[0]
 
 
 @pytest.mark.parametrize(

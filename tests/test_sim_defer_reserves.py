@@ -17,23 +17,15 @@ from backends.cost_model import ParallelLayout
 from policies.kv.block_manager import BlockManager
 from sim.config import SimConfig
 from sim.simulator import Simulation
-from tests.sim_identity import assert_identical_runs, pipelined_case
+from tests.sim_identity import assert_identical_runs, counting_calls, pipelined_case
 from tests.test_sim_pipeline_plan import VIDUR_PP
 from tests.test_sim_run_past_finish import short_output_trace
 
 
 def _run(monkeypatch, defer: bool, tr, cfg: SimConfig, cost) -> tuple:
     monkeypatch.setattr(simulator, "_DEFER_RESERVES", defer)
-    calls = [0]
-    allocate_each = BlockManager.allocate_each
-
-    def counting(self, seqs, needs):
-        calls[0] += 1
-        return allocate_each(self, seqs, needs)
-
-    monkeypatch.setattr(BlockManager, "allocate_each", counting)
-    result = Simulation(tr, cfg, cost).run()
-    monkeypatch.setattr(BlockManager, "allocate_each", allocate_each)
+    with counting_calls(BlockManager, "allocate_each") as calls:
+        result = Simulation(tr, cfg, cost).run()
     return result, calls[0]
 
 

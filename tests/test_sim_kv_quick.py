@@ -15,23 +15,15 @@ import pytest
 import sim.simulator as simulator
 from sim.config import SimConfig
 from sim.simulator import Simulation
-from tests.sim_identity import assert_identical_runs, pipelined_case
+from tests.sim_identity import assert_identical_runs, counting_calls, pipelined_case
 from tests.test_sim_pipeline_plan import VIDUR_PP
 from tests.test_sim_run_past_finish import short_output_trace
 
 
 def _run(monkeypatch, quick: bool, tr, cfg: SimConfig, cost) -> tuple:
     monkeypatch.setattr(simulator, "_KV_QUICK", quick)
-    exact = simulator._shared_kv_limit
-    calls = [0]
-
-    def counting(*args):
-        calls[0] += 1
-        return exact(*args)
-
-    monkeypatch.setattr(simulator, "_shared_kv_limit", counting)
-    result = Simulation(tr, cfg, cost).run()
-    monkeypatch.setattr(simulator, "_shared_kv_limit", exact)
+    with counting_calls(simulator, "_shared_kv_limit") as calls:
+        result = Simulation(tr, cfg, cost).run()
     return result, calls[0]
 
 
