@@ -21,7 +21,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from engine.attention import build_metadata  # noqa: E402
-from engine.step_graphs import StepGraphs, step_buckets  # noqa: E402
+from engine.step_graphs import StepGraphs, fastest_buckets, step_buckets  # noqa: E402
 from policies.scheduling.batch import ScheduledBatch  # noqa: E402
 from policies.sequence import Sequence  # noqa: E402
 from traces.schema import Request  # noqa: E402
@@ -70,6 +70,15 @@ def test_buckets() -> None:
     assert step_buckets(2048)[9:] == [512 + 128 * k for k in range(13)]
     assert step_buckets(100) == [16, 32, 64, 128]
     assert step_buckets(16) == [16]
+
+
+def test_steps_pad_up_to_a_bucket_that_replays_faster() -> None:
+    ms = {16: 6.3, 32: 5.7, 64: 6.4, 128: 8.0, 384: 13.1, 448: 18.4, 512: 15.0}
+    # 32 replays 10% faster than 16 and 512 18% faster than 448: their steps pad up.
+    assert fastest_buckets(ms) == [32, 64, 128, 384, 512]
+    assert fastest_buckets({16: 5.0, 32: 5.1, 64: 5.2}) == [16, 32, 64]  # monotone: all kept
+    assert fastest_buckets({16: 5.2, 32: 5.0}) == [16, 32]  # within the 5% margin: kept
+    assert fastest_buckets({512: 15.0}) == [512]
 
 
 @settings(max_examples=80, deadline=None)
