@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
-from engine.cuda_graphs import replay_greedy, replay_ms
+from engine.cuda_graphs import fastest_buckets, replay_greedy, replay_ms
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
 from policies.scheduling.batch import ScheduledBatch
@@ -41,21 +41,6 @@ def step_buckets(max_tokens: int) -> list[int]:
     while sizes[-1] < max_tokens:
         sizes.append(sizes[-1] + (64 if sizes[-1] < 512 else 128))
     return [s for s in sizes if s < max_tokens] + [next(s for s in sizes if s >= max_tokens)]
-
-
-def fastest_buckets(ms: dict[int, float], margin: float = 0.05) -> list[int]:
-    """The buckets steps may run in, given each captured graph's replay time: all of them but those
-    that a larger bucket beats by more than `margin`, whose steps pad up to it instead. GEMM speed
-    is not monotone in the token count: on two H200 hosts, Llama-8B's 448-token step graph took
-    18.4 ms in served steps against 15.0 ms for the 512-token one (cuBLAS's choice for that shape).
-    The largest bucket always stays."""
-    keep: list[int] = []
-    best = float("inf")
-    for t in sorted(ms, reverse=True):
-        if ms[t] <= best * (1.0 + margin):
-            keep.append(t)
-        best = min(best, ms[t])
-    return sorted(keep)
 
 
 class StepGraphs:

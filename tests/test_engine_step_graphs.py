@@ -21,7 +21,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from engine.attention import build_metadata  # noqa: E402
-from engine.step_graphs import StepGraphs, fastest_buckets, step_buckets  # noqa: E402
+from engine.cuda_graphs import fastest_buckets  # noqa: E402
+from engine.step_graphs import StepGraphs, step_buckets  # noqa: E402
 from policies.scheduling.batch import ScheduledBatch  # noqa: E402
 from policies.sequence import Sequence  # noqa: E402
 from traces.schema import Request  # noqa: E402
