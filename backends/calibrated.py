@@ -85,19 +85,21 @@ when it fills, i.e. per new token). When the profile has a serving phase (`Profi
 engine's own loop under a synthetic load ramp), both are fitted to the loop's measured phases by
 least squares on the seconds themselves, so that their sum over a run is right (a relative fit would
 discount the occasional slow iteration, e.g. a garbage collection, which a run still pays). Decode
-steps are fitted to the grid alone: the serving phase ends in overload (120% of capacity), where an
-H200 sits at its power cap and its large decode batches ran 5-15% slower than the grid, while the
-validation runs' decode steps (50% and 90% load) ran as the grid measured them or faster; fitted
-together, the overload steps raised the decode terms, and through them the decode launch of mixed
-steps (over twelve validation runs on three hosts: the largest headline error fell from 6.8% to
-5.5% on average, within 5% from 4 runs to 6, when the serving steps left the decode fit). Eager steps
-are also fitted to the grid alone, then scaled by one factor, the median measured / fitted ratio of
-the serving phase's eager steps (`eager_scale`), because in the loop they run a few percent slower
-than in isolation, and letting that bend the shape terms misplaced the chunk-size dependence. Older
-profiles without a serving phase fit the CPU work to the overhead records, timed in a tight loop,
-which on a busy host finds it several times cheaper than the loop pays; their scheduler state starts
-with unhashed contexts, so their bookkeeping hashes every full block of every context once, and the fit
-charges that per-token cost per new token.
+steps are fitted to the grid alone. The serving phase's workload gives each group of requests one
+shared system prompt, so its decode batches read much of their KV from blocks that many sequences
+share (likely from L2): on an H200 profile its decode steps of 64-256 sequences ran 14-17% faster
+than the grid fit, while the validation runs' decode steps, over contexts of their own, ran as the
+grid measured them or 1-3% faster. Fitted together, the serving steps lowered the decode terms, and
+the eager scale below, measured against mixed steps whose decode launches had become too cheap, rose
+(1.017 to 1.040), making eager steps 1-4% slow (over twelve validation runs on three hosts, the
+largest headline error fell from 6.8% to 5.5% on average, within 5% from 4 runs to 6, with the grid
+alone). Eager steps are also fitted to the grid alone, then scaled by one factor, the median
+measured / fitted ratio of the serving phase's eager steps (`eager_scale`), because in the loop they
+run a few percent slower than in isolation, and letting that bend the shape terms misplaced the
+chunk-size dependence. Older profiles without a serving phase fit the CPU work to the overhead
+records, timed in a tight loop, which on a busy host finds it several times cheaper than the loop
+pays; their scheduler state starts with unhashed contexts, so their bookkeeping hashes every full
+block of every context once, and the fit charges that per-token cost per new token.
 
 Limits: the model reproduces the profiled configuration only (tp/pp, dtype, block size, CUDA-graph
 buckets, max_model_len); shapes beyond the profiled grid are extrapolated from the nearest profiled

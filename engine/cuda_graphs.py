@@ -16,7 +16,9 @@ Graphs need fixed shapes and addresses: a batch of b sequences runs in the small
 with the remaining rows padded; they read and write only the KV cache's scratch block and their
 outputs are dropped. The attention launch inside the graph uses the worst-case split count for
 its bucket, which is safe because each program derives its key range from the context length
-it reads.
+it reads. After capture every graph is replayed on its capture inputs, and a bucket that a larger
+one beats by more than 5% is dropped (`fastest_buckets`; GEMM speed is not monotone in the row
+count), so its batches pad up.
 
 At batch 1 every projection is a bandwidth-bound GEMV, and cuBLAS leaves bandwidth unused on the
 narrower ones, so the batch-1 graph has variants: "cublas"; "split", where the projections that

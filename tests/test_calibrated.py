@@ -247,18 +247,22 @@ def test_noise_free_fit_reproduces_the_machine() -> None:
     np.testing.assert_allclose(m.complete_fit.coef, (*COMP, HASH), rtol=1e-6, atol=1e-13)
 
 
-def test_serving_phase_sets_the_cpu_phases_and_joins_the_device_fit() -> None:
-    # The loop's phases as served cost 3x what the tight-loop overhead records say (cold caches);
-    # the serving steps (uneven decode contexts among them) are exact samples of the machine too.
+def test_serving_phase_sets_the_cpu_phases_not_the_decode_fit() -> None:
+    # The loop's phases as served cost 3x what the tight-loop overhead records say (cold caches).
+    # Its eager steps are exact samples of the machine; its decode steps ran 15% faster than the
+    # grid (the ramp's requests share system prompts, so their KV reads hit shared blocks), which
+    # a validation run over contexts of its own does not see: decodes keep the grid's times.
+    m0 = _NOISE_FREE
     steps = []
     for s in extra_shapes() + grid()[::5]:
         x = (1, s.num_seqs, len(s.prefill), s.num_tokens - s.num_decode)
         sched = 3 * sum(a * b for a, b in zip(SCHED, x))
         comp = 3 * (sum(a * b for a, b in zip(COMP, x)) + HASH * s.num_tokens)
+        fast = 0.85 if m0.as_decode(s) is not None else 1.0
         steps.append(
             ServingStep(
                 tuple(s.prefill), s.num_decode, s.decode_context, s.decode_max_context, sched,
-                true_execute(s), comp,
+                fast * true_execute(s), comp,
             )  # fmt: skip
         )
     p = synthetic_profile()
