@@ -231,6 +231,33 @@ def _kv_use(result: RunResult) -> tuple[float | None, float | None]:
     return peak, mean
 
 
+def _latencies(result: RunResult, fin: np.ndarray) -> dict[str, np.ndarray]:
+    """Per finished request, in seconds: ttft, e2e, queue, tpot_all (0 for single-token requests,
+    as goodput counts them) and tpot (vLLM's TPOT statistics skip single-token requests)."""
+    r = result.requests
+    f64 = {k: np.asarray(r[k], dtype=np.float64)[fin]
+           for k in ("arrival", "first_scheduled", "first_token", "finish")}
+    out_tok = np.asarray(r["output_tokens"], dtype=np.int64)[fin]
+    ttft = f64["first_token"] - f64["arrival"]
+    e2e = f64["finish"] - f64["arrival"]
+    multi = out_tok > 1
+    tpot_all = np.zeros_like(e2e)
+    tpot_all[multi] = (e2e[multi] - ttft[multi]) / (out_tok[multi] - 1)
+    return {
+        "ttft": ttft, "e2e": e2e, "queue": f64["first_scheduled"] - f64["arrival"],
+        "tpot_all": tpot_all, "tpot": tpot_all[multi],
+    }  # fmt: skip
+
+
+def request_latencies(result: RunResult) -> dict[str, np.ndarray]:
+    """TTFT, TPOT, E2E and queueing time of every finished request, in seconds: the values whose
+    percentiles `compute_metrics` reports (keys ttft, tpot, e2e, queue; tpot_all as in `_latencies`)."""
+    check_columns(result)
+    fin = _status_masks(result)["finished"]
+    _check_finished(result, fin)
+    return _latencies(result, fin)
+
+
 def compute_metrics(result: RunResult, slo: SLO | None = None,
                     percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
     """All serving metrics of one run as a JSON-serialisable dict (undefined values are None)."""
@@ -242,19 +269,11 @@ def compute_metrics(result: RunResult, slo: SLO | None = None,
     fin = masks["finished"]
     _check_finished(result, fin)
     r = result.requests
-    f64 = {k: np.asarray(r[k], dtype=np.float64)[fin]
-           for k in ("arrival", "first_scheduled", "first_token", "finish")}
+    f64 = {k: np.asarray(r[k], dtype=np.float64)[fin] for k in ("arrival", "finish")}
     out_tok = np.asarray(r["output_tokens"], dtype=np.int64)[fin]
     in_tok = np.asarray(r["prompt_tokens"], dtype=np.int64)[fin]
-
-    ttft = f64["first_token"] - f64["arrival"]
-    e2e = f64["finish"] - f64["arrival"]
-    queue = f64["first_scheduled"] - f64["arrival"]
-    multi = out_tok > 1
-    # vLLM: TPOT statistics skip single-token requests; for goodput such a request has TPOT 0.
-    tpot_all = np.zeros_like(e2e)
-    tpot_all[multi] = (e2e[multi] - ttft[multi]) / (out_tok[multi] - 1)
-    tpot = tpot_all[multi]
+    lat = _latencies(result, fin)
+    ttft, e2e, queue, tpot_all, tpot = (lat[k] for k in ("ttft", "e2e", "queue", "tpot_all", "tpot"))
 
     n_fin = int(fin.sum())
     duration = float(f64["finish"].max() - f64["arrival"].min()) if n_fin else float("nan")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backends.profile import shape_kind
-from benchmarks.metrics import compute_metrics
+from benchmarks.metrics import compute_metrics, request_latencies
 
 if TYPE_CHECKING:
     from backends.calibrated import CalibratedCostModel
@@ -137,6 +137,63 @@ def repeat_summary(runs: list[dict], predicted: dict, target: float = DEFAULT_TA
         "rows": rows,
         "max_abs_rel_error_vs_median": max(errs) if errs else None,
         "all_within_target_vs_median": bool(errs) and max(errs) <= target,
+    }
+
+
+SAMPLED = (("ttft_ms", "ttft", "TTFT"), ("tpot_ms", "tpot", "TPOT"), ("e2e_ms", "e2e", "E2E"))
+
+
+def sampling_intervals(
+    measured: RunResult, predicted: dict, level: float = 0.95, draws: int = 2000, seed: int = 0
+) -> dict:
+    """How far a headline latency percentile moves with which requests a slice happens to hold: the
+    `level` interval of the measured P50 and P90 of TTFT, TPOT and E2E over `draws` bootstrap
+    resamples of the finished requests (Efron 1979; percentile method), and where the prediction
+    falls against it.
+
+    A slice of 80 requests puts a P50 on the 40th request, so the target's 5% can be finer than the
+    slice resolves; this says by how much. Requests in one run are not independent (they queue
+    behind each other), so the interval is a lower bound on the run's noise; repeated runs
+    (`repeat_summary`) show the rest. Seeded: the same run gives the same interval. Per row: the
+    measured percentile, the interval (ms, and relative to the measured value), the prediction's
+    error, whether it lies inside, and `beyond`, how far outside (relative to the measured value;
+    0 inside), the part of the error that request sampling does not explain.
+    """
+    if not 0 < level < 1 or draws < 1:
+        raise ValueError(f"sampling_intervals needs 0 < level < 1 and draws >= 1, got {level} and {draws}")
+    lat = request_latencies(measured)
+    rng = np.random.default_rng(seed)
+    tail = 100.0 * (1.0 - level) / 2.0
+    rows = []
+    for metric, key, short in SAMPLED:
+        v = np.asarray(lat[key], dtype=np.float64) * 1e3
+        for stat, q in (("p50", 50.0), ("p90", 90.0)):
+            row = {"metric": metric, "stat": stat, "label": f"{short} {stat.upper()} (ms)", "n": int(v.size)}
+            p = _get(predicted, f"{metric}.{stat}")
+            if v.size < 2:
+                rows.append({**row, "measured": None, "low": None, "high": None, "predicted": p,
+                             "rel_error": None, "inside": None, "beyond": None})  # fmt: skip
+                continue
+            point = float(np.percentile(v, q))
+            boot = np.empty(draws)
+            step = max(1, 4_000_000 // v.size)  # resample in chunks: draws x n values at once is large
+            for a in range(0, draws, step):
+                b = min(draws, a + step)
+                boot[a:b] = np.percentile(v[rng.integers(0, v.size, size=(b - a, v.size))], q, axis=1)
+            lo, hi = (float(x) for x in np.percentile(boot, [tail, 100.0 - tail]))
+            e = rel_error(p, point)
+            inside = None if p is None else lo <= p <= hi
+            beyond = None if p is None or not point else max(lo - p, p - hi, 0.0) / point
+            rows.append({**row, "measured": point, "low": lo, "high": hi,
+                         "rel_low": rel_error(lo, point), "rel_high": rel_error(hi, point),
+                         "predicted": p, "rel_error": e, "inside": inside, "beyond": beyond})  # fmt: skip
+    beyond = [r["beyond"] for r in rows if r["beyond"] is not None]
+    return {
+        "level": level,
+        "draws": draws,
+        "seed": seed,
+        "rows": rows,
+        "max_beyond": max(beyond) if beyond else None,
     }
 
 
@@ -300,6 +357,7 @@ def summarize(
             "e2e": _abs_rel_summary(pr["predicted_e2e"], pr["measured_e2e"]),
         },
         "iterations": iteration_errors(table),
+        "sampling": sampling_intervals(measured, predicted.metrics),
         "runs": {
             "measured": {
                 "iterations": measured.meta.get("iterations"),
@@ -376,6 +434,22 @@ def format_errors(errors: dict) -> str:
                 f"headline |error| against the median run max {rp['max_abs_rel_error_vs_median']:.1%}: "
                 f"{'all within' if rp['all_within_target_vs_median'] else 'NOT all within'}"
             )
+    sp = errors.get("sampling")
+    if sp and sp["max_beyond"] is not None:
+        n = max(r["n"] for r in sp["rows"])
+        lines.append(
+            f"request sampling ({sp['level']:.0%} bootstrap interval of each measured percentile over its "
+            f"{n} finished requests):"
+        )
+        for r in sp["rows"]:
+            if r["measured"] is None or r["rel_error"] is None:
+                continue
+            where = "inside" if r["inside"] else f"outside by {r['beyond']:.1%}"
+            lines.append(
+                f"  {r['label']:<32} [{r['rel_low']:+.1%}, {r['rel_high']:+.1%}]   "
+                f"prediction {r['rel_error']:+.1%}, {where}"
+            )
+        lines.append(f"headline latency error beyond request sampling: max {sp['max_beyond']:.1%}")
     it = errors["iterations"]["all"]
     if it["n"]:
         lines.append(

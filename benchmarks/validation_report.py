@@ -220,6 +220,34 @@ def _repeats_html(rp: dict | None) -> str:
     )
 
 
+def _sampling_html(sp: dict | None) -> str:
+    """Each headline latency percentile's bootstrap interval over the slice's requests, and the prediction."""
+    if not sp:
+        return ""
+    e = html.escape
+    rows = []
+    for r in sp["rows"]:
+        if r["measured"] is None:
+            continue
+        lo, hi = _fmt(r["low"], ".2f"), _fmt(r["high"], ".2f")
+        band = f"{lo} – {hi} ({r['rel_low']:+.1%}, {r['rel_high']:+.1%})"
+        err = "—" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
+        where = "—" if r["inside"] is None else "inside" if r["inside"] else f"outside by {r['beyond']:.1%}"
+        rows.append(
+            f"<tr><th>{e(r['label'])}</th><td>{e(_fmt(r['measured'], '.2f'))}</td><td>{e(band)}</td>"
+            f"<td>{e(_fmt(r['predicted'], '.2f'))}</td><td>{e(err)}</td><td>{e(where)}</td></tr>"
+        )
+    n = max((r["n"] for r in sp["rows"]), default=0)
+    return (
+        f"<section><h2>Request sampling</h2><p>The {sp['level']:.0%} interval of each measured percentile "
+        f"over {sp['draws']} bootstrap resamples of the {n} finished requests: how much of an error the "
+        "slice's size alone allows. Requests of one run queue behind each other, so the run's noise is "
+        "larger (the repeats above show more of it).</p><table><thead><tr><th>metric</th><th>measured</th>"
+        "<th>interval (ms)</th><th>predicted</th><th>error</th><th>prediction</th></tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table></section>"
+    )
+
+
 def _summary_table_html(title: str, d: dict[str, dict]) -> str:
     e = html.escape
     rows = []
@@ -300,6 +328,7 @@ def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
         _error_table_html(er),
         "</section>",
         _repeats_html(er.get("repeats")),
+        _sampling_html(er.get("sampling")),
         "<section><h2>Per request and per iteration</h2>",
         _summary_table_html("per request", er["per_request"]),
         _summary_table_html("per iteration (scheduler + step)", er["iterations"]),

@@ -442,3 +442,4 @@ def test_validate_repeats_serves_the_slice_again(run, tmp_path: Path) -> None:
     assert [x["measured"] for x in re.errors["repeats"]["rows"]] == [x["measured"] for x in rp["rows"]]
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         validate(tiny_trace(4), engine_config(), profile=out / "profile.json", repeats=0)
+
