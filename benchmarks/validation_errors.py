@@ -144,7 +144,12 @@ SAMPLED = (("ttft_ms", "ttft", "TTFT"), ("tpot_ms", "tpot", "TPOT"), ("e2e_ms", 
 
 
 def sampling_intervals(
-    measured: RunResult, predicted: dict, level: float = 0.95, draws: int = 2000, seed: int = 0
+    measured: RunResult,
+    predicted: dict,
+    level: float = 0.95,
+    draws: int = 2000,
+    seed: int = 0,
+    target: float = DEFAULT_TARGET,
 ) -> dict:
     """How far a headline latency percentile moves with which requests a slice happens to hold: the
     `level` interval of the measured P50 and P90 of TTFT, TPOT and E2E over `draws` bootstrap
@@ -157,7 +162,9 @@ def sampling_intervals(
     (`repeat_summary`) show the rest. Seeded: the same run gives the same interval. Per row: the
     measured percentile, the interval (ms, and relative to the measured value), the prediction's
     error, whether it lies inside, and `beyond`, how far outside (relative to the measured value;
-    0 inside), the part of the error that request sampling does not explain.
+    0 inside), the part of the error that request sampling does not explain; and `requests_for_target`,
+    where the interval is wider than +-target, roughly how many requests would narrow it to that
+    (a bootstrap interval shrinks as 1 / sqrt(n)).
     """
     if not 0 < level < 1 or draws < 1:
         raise ValueError(f"sampling_intervals needs 0 < level < 1 and draws >= 1, got {level} and {draws}")
@@ -172,7 +179,8 @@ def sampling_intervals(
             p = _get(predicted, f"{metric}.{stat}")
             if v.size < 2:
                 rows.append({**row, "measured": None, "low": None, "high": None, "predicted": p,
-                             "rel_error": None, "inside": None, "beyond": None})  # fmt: skip
+                             "rel_error": None, "inside": None, "beyond": None,
+                             "requests_for_target": None})  # fmt: skip
                 continue
             point = float(np.percentile(v, q))
             boot = np.empty(draws)
@@ -184,14 +192,18 @@ def sampling_intervals(
             e = rel_error(p, point)
             inside = None if p is None else lo <= p <= hi
             beyond = None if p is None or not point else max(lo - p, p - hi, 0.0) / point
+            half = max(point - lo, hi - point) / point if point else None
+            need = None if half is None or half <= target else int(np.ceil(v.size * (half / target) ** 2))
             rows.append({**row, "measured": point, "low": lo, "high": hi,
                          "rel_low": rel_error(lo, point), "rel_high": rel_error(hi, point),
-                         "predicted": p, "rel_error": e, "inside": inside, "beyond": beyond})  # fmt: skip
+                         "predicted": p, "rel_error": e, "inside": inside, "beyond": beyond,
+                         "requests_for_target": need})  # fmt: skip
     beyond = [r["beyond"] for r in rows if r["beyond"] is not None]
     return {
         "level": level,
         "draws": draws,
         "seed": seed,
+        "target": target,
         "rows": rows,
         "max_beyond": max(beyond) if beyond else None,
     }
@@ -357,7 +369,7 @@ def summarize(
             "e2e": _abs_rel_summary(pr["predicted_e2e"], pr["measured_e2e"]),
         },
         "iterations": iteration_errors(table),
-        "sampling": sampling_intervals(measured, predicted.metrics),
+        "sampling": sampling_intervals(measured, predicted.metrics, target=target),
         "runs": {
             "measured": {
                 "iterations": measured.meta.get("iterations"),
@@ -445,9 +457,11 @@ def format_errors(errors: dict) -> str:
             if r["measured"] is None or r["rel_error"] is None:
                 continue
             where = "inside" if r["inside"] else f"outside by {r['beyond']:.1%}"
+            need = r.get("requests_for_target")
+            more = f"; ±{sp['target']:.0%} needs ~{need} requests" if need else ""
             lines.append(
                 f"  {r['label']:<32} [{r['rel_low']:+.1%}, {r['rel_high']:+.1%}]   "
-                f"prediction {r['rel_error']:+.1%}, {where}"
+                f"prediction {r['rel_error']:+.1%}, {where}{more}"
             )
         lines.append(f"headline latency error beyond request sampling: max {sp['max_beyond']:.1%}")
     it = errors["iterations"]["all"]

@@ -233,9 +233,11 @@ def _sampling_html(sp: dict | None) -> str:
         band = f"{lo} – {hi} ({r['rel_low']:+.1%}, {r['rel_high']:+.1%})"
         err = "—" if r["rel_error"] is None else f"{r['rel_error']:+.1%}"
         where = "—" if r["inside"] is None else "inside" if r["inside"] else f"outside by {r['beyond']:.1%}"
+        need = r.get("requests_for_target")
         rows.append(
             f"<tr><th>{e(r['label'])}</th><td>{e(_fmt(r['measured'], '.2f'))}</td><td>{e(band)}</td>"
-            f"<td>{e(_fmt(r['predicted'], '.2f'))}</td><td>{e(err)}</td><td>{e(where)}</td></tr>"
+            f"<td>{e(_fmt(r['predicted'], '.2f'))}</td><td>{e(err)}</td><td>{e(where)}</td>"
+            f"<td>{'—' if not need else f'~{need:,}'}</td></tr>"
         )
     n = max((r["n"] for r in sp["rows"]), default=0)
     return (
@@ -243,7 +245,8 @@ def _sampling_html(sp: dict | None) -> str:
         f"over {sp['draws']} bootstrap resamples of the {n} finished requests: how much of an error the "
         "slice's size alone allows. Requests of one run queue behind each other, so the run's noise is "
         "larger (the repeats above show more of it).</p><table><thead><tr><th>metric</th><th>measured</th>"
-        "<th>interval (ms)</th><th>predicted</th><th>error</th><th>prediction</th></tr></thead><tbody>"
+        "<th>interval (ms)</th><th>predicted</th><th>error</th><th>prediction</th>"
+        f"<th>requests for an interval within ±{sp.get('target', 0.05):.0%}</th></tr></thead><tbody>"
         + "".join(rows) + "</tbody></table></section>"
     )
 

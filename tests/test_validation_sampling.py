@@ -49,5 +49,10 @@ def test_sampling_intervals_shrink_with_the_slice_and_place_the_prediction() -> 
 
     assert width(narrow) < 0.5 * width(wide)
     assert sampling_intervals(small, pred) == s
+    # a wide interval says how many requests would narrow it to the target (width ~ 1 / sqrt(n))
+    half = max(wide["measured"] - wide["low"], wide["high"] - wide["measured"]) / wide["measured"]
+    assert half > 0.05
+    assert wide["requests_for_target"] == int(np.ceil(80 * (half / 0.05) ** 2))
+    assert (narrow["requests_for_target"] or 0) < wide["requests_for_target"]
     with pytest.raises(ValueError, match="level"):
         sampling_intervals(small, pred, level=1.5)
