@@ -27,7 +27,7 @@ from backends.cost_model import BatchShape
 from benchmarks.result_file import result_path, write_result
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.profiler import _Synth, build_batch, release
+from engine.profiler import _Synth, _time, build_batch, release
 from policies.kv.block_manager import BlockManager
 
 SHAPES = tuple(
@@ -59,12 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     synth = _Synth(r.spec.vocab_size, 0)
     sync = torch.cuda.synchronize
 
-    def timed(batch) -> float:
-        sync()
-        t = time.perf_counter()
-        r.execute(batch)
-        sync()
-        return time.perf_counter() - t
+    def timed(batch, warmup: int = 0, repeats: int = 1) -> list[float]:
+        # the profiler's own timer: synchronise, time the call, synchronise
+        return _time(lambda: r.execute(batch), sync, warmup, repeats)
 
     modes = ("grid", "warm", "back_to_back", "after_idle")
     ts: dict[str, list[list[float]]] = {m: [[] for _ in SHAPES] for m in modes}
@@ -78,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                     elif mode == "after_idle":
                         sync()
                         time.sleep(0.02)
-                    ts[mode][i].append(timed(batch))
+                    ts[mode][i] += timed(batch)
                 finally:
                     release(batch, kv)
     for i, shape in enumerate(SHAPES):
         batch = build_batch(shape, kv, synth)
         try:
-            ts["back_to_back"][i] = [timed(batch) for _ in range(ROUNDS + 1)][1:]
+            ts["back_to_back"][i] = timed(batch, warmup=1, repeats=ROUNDS)
         finally:
             release(batch, kv)
     rows = []
