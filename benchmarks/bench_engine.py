@@ -6,7 +6,10 @@ Cases (random bf16 weights of a catalog architecture, Llama-3.1-8B by default):
 - offline throughput at batch 64 and 256 with 512-token prompts and 128 output tokens
   (the engine's FCFS scheduler with chunked prefill);
 - prefill of 8 x 2048 tokens in one step, in TFLOP/s, against a measured 8192^3 bf16 matmul;
-- the same decode and batch-64 cases through `transformers` `generate`, when it is installed.
+- the same decode and batch-64 cases through `transformers` `generate`, when it is installed;
+- the engine's own loop (`generate`: scheduler and bookkeeping included) one step at a time and
+  with async scheduling (EngineConfig.async_scheduling), back to back in the same run: batch-1
+  decode, batch 64 and the Azure requests.
 
 Usage: python -m benchmarks.bench_engine [--model llama-3.1-8b] [--out benchmarks/results/engine_<card>.json]
 """
@@ -114,7 +117,52 @@ def decode_batch1(eng: LLMEngine, prompt_len: int = 512, steps: int = 256) -> di
     return out
 
 
-def throughput(eng: LLMEngine, batch: int, prompt_len: int = 512, out_len: int = 128) -> dict:
+def decode_batch1_loop(eng: LLMEngine, prompt_len: int = 512, steps: int = 256, reps: int = 3) -> dict:
+    """Batch-1 decode through the engine's loop (`generate`): the time of `steps` more tokens,
+    i.e. a run of 1 + steps tokens minus a run of 1 (prefill and first token), median of `reps`."""
+    prompt = _prompts(1, prompt_len, eng.spec.vocab_size, 0)[0]
+
+    def run(n: int) -> float:
+        _sync()
+        t = time.perf_counter()
+        eng.generate([prompt], SamplingParams(max_tokens=n, ignore_eos=True))
+        return time.perf_counter() - t
+
+    run(steps + 1)  # warm-up
+    dts = [run(steps + 1) - run(1) for _ in range(reps)]
+    dt = float(np.median(dts))
+    return {"tokens_per_s": steps / dt, "ms_per_token": 1e3 * dt / steps, "runs_ms_per_token":
+            [1e3 * x / steps for x in dts], "mean_context": prompt_len + 1 + steps / 2}  # fmt: skip
+
+
+def loop_modes(eng: LLMEngine, roofline, azure_trace: str | None) -> dict:
+    """The engine's loop one step at a time and one step ahead, case by case back to back."""
+    out: dict = {}
+    cases = (
+        ("decode_batch1", lambda: decode_batch1_loop(eng)),
+        ("batch64", lambda: throughput(eng, 64, timed_steps=False)),
+        ("azure_1000", lambda: azure_throughput(eng, 1000, azure_trace)),
+    )
+    for key, fn in cases:
+        for mode in (False, True):
+            eng.config.async_scheduling = mode
+            try:
+                r = fn()
+            finally:
+                eng.config.async_scheduling = False
+            if key == "decode_batch1":
+                r["fraction_of_roofline"] = r["tokens_per_s"] / roofline(r["mean_context"])
+            out.setdefault(key, {})["async" if mode else "sync"] = r
+        a, b = out[key]["async"], out[key]["sync"]
+        speed = "tokens_per_s" if key == "decode_batch1" else "output_tokens_per_s"
+        out[key]["async_over_sync"] = a[speed] / b[speed]
+        print("loop", key, out[key], flush=True)
+    return out
+
+
+def throughput(
+    eng: LLMEngine, batch: int, prompt_len: int = 512, out_len: int = 128, timed_steps: bool = True
+) -> dict:
     """All `batch` requests submitted at once; every one runs concurrently (max_num_seqs >= batch)
     and the prefill token budget takes many prompts per step."""
     if eng.sched_config.max_num_seqs < batch:
@@ -126,31 +174,46 @@ def throughput(eng: LLMEngine, batch: int, prompt_len: int = 512, out_len: int =
     eng.generate(prompts, SamplingParams(max_tokens=2, ignore_eos=True))
     runner = eng.runner
     steps: list[tuple[int, int, float]] = []  # (sequences, new tokens, seconds) of each step
-    execute = runner.execute
+    collect = runner.collect
+    launched: list[tuple[int, int]] = []
 
-    def timed(batch_):
-        toks = execute(batch_)
-        steps.append((len(batch_.seqs), batch_.num_tokens, runner.last_step_seconds))
+    def timed(h):  # a step's seconds from its launch to its ids on the host (steps run one at a time)
+        toks = collect(h)
+        b_, n = launched.pop(0)
+        steps.append((b_, n, runner.last_step_seconds))
         return toks
 
-    runner.execute = timed  # type: ignore[method-assign]
+    launch = runner.launch
+
+    def note(batch_):
+        launched.append((len(batch_.seqs), batch_.num_tokens))
+        return launch(batch_)
+
+    if timed_steps:
+        runner.collect, runner.launch = timed, note  # type: ignore[method-assign]
     _sync()
     t = time.perf_counter()
     try:
         outs = eng.generate(prompts, sp)
     finally:
-        del runner.execute
+        if timed_steps:
+            del runner.collect, runner.launch
     _sync()
     dt = time.perf_counter() - t
     n_out = sum(len(o.output_token_ids) for o in outs)
     assert n_out == batch * out_len
-    return {
+    res = {
         "batch": batch,
         "prompt_len": prompt_len,
         "output_len": out_len,
         "seconds": dt,
         "output_tokens_per_s": n_out / dt,
         "total_tokens_per_s": (n_out + batch * prompt_len) / dt,
+    }
+    if not timed_steps:
+        return res
+    return {
+        **res,
         # where the time went: steps that computed prompt tokens vs pure decode steps, and the
         # host time between steps (scheduler, bookkeeping) that no step accounts for
         "num_steps": len(steps),
@@ -392,10 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     emb = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size * 2
     step_weight_bytes = r.weight_bytes - emb
     res["decode_weight_bytes_per_step_GB"] = step_weight_bytes / 1e9
+
+    def roofline(ctx: float) -> float:
+        """Decode tokens/s at batch 1 if a step took its bytes (weights, K and V) at copy speed."""
+        return res["hbm_copy_GBps"] * 1e9 / (step_weight_bytes + 2 * spec.num_layers * spec.kv_size * 2 * ctx)
+
     for key, plen in (("decode_batch1", 512), ("decode_batch1_ctx16k", 16384)):
         d = decode_batch1(eng, prompt_len=plen)
-        kv_bytes = 2 * spec.num_layers * spec.kv_size * 2 * d["mean_context"]
-        roof = res["hbm_copy_GBps"] * 1e9 / (step_weight_bytes + kv_bytes)
+        roof = roofline(d["mean_context"])
         d["hbm_roofline_tokens_per_s"] = roof
         d["fraction_of_roofline"] = d["tokens_per_s"] / roof
         res[key] = d
@@ -420,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     print("throughput", res["throughput"], flush=True)
     res["azure_1000"] = azure_throughput(eng, 1000, args.azure_trace)
     print("azure 1000", res["azure_1000"], flush=True)
+    res["engine_loop"] = loop_modes(eng, roofline, args.azure_trace)
     del eng, r
     torch.cuda.empty_cache()
 

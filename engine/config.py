@@ -37,6 +37,10 @@ class EngineConfig:
     # bucketed by token count; 0 runs them eagerly. Needs cuda_graphs.
     step_graph_tokens: int = 512
     attention_backend: str = "auto"  # "auto" (Triton on CUDA, else torch) | "torch" | "triton"
+    # Schedule and launch step n+1 while step n runs (vLLM's --async-scheduling, SGLang's overlap
+    # scheduler): the host's scheduling and bookkeeping hide under the device's work. Greedy
+    # requests only; a batch with sampling requests runs one step at a time.
+    async_scheduling: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -7,10 +7,13 @@ so what crosses the bus per step is one host-to-device copy of the step's inputs
 device-to-host copy of the sampled ids (as in nano-vllm, where only the sampler's output comes
 back). Non-greedy rows sample on the host side from the graph's logits.
 
-Inputs live in one packed int32 device buffer, [ids | positions | slots | context lens] (each
-`max bucket` long) followed by the block tables [max bucket, max blocks]; the host fills a
+Inputs live in one packed int32 device buffer, [ids | positions | slots | context lens | sources]
+(each `max bucket` long) followed by the block tables [max bucket, max blocks]; the host fills a
 pinned mirror and sends the prefix the step uses in a single non-blocking copy. Two mirrors
-alternate so the host never writes a buffer a copy may still be reading.
+alternate so the host never writes a buffer a copy may still be reading. The greedy ids land in
+the runner's `sampled` buffer, shared by every kind of step; a row whose input id the host does not
+have yet (it was sampled by the step still running: the engine's overlapped loop) names its row of
+`sampled` in `sources` (-1 elsewhere), and the graph's first op takes the id from there.
 
 Graphs need fixed shapes and addresses: a batch of b sequences runs in the smallest bucket >= b
 with the remaining rows padded; they read and write only the KV cache's scratch block and their
@@ -35,7 +38,7 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
-from policies.sequence import Sequence
+from policies.sequence import PENDING, Sequence
 
 GEMV_MODES = ("auto", "cublas", "split", "fused")
 
@@ -78,21 +81,30 @@ def fastest_buckets(ms: dict[int, float], margin: float = 0.05) -> list[int]:
     return sorted(keep)
 
 
-def replay_greedy(
-    entry: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor],
-    tokens_host: torch.Tensor,
-    done: torch.cuda.Event,
-    n: int,
-) -> list[int]:
-    """Replay a captured step (graph, logits, greedy ids) and return its first n greedy ids: one
-    device-to-host copy into pinned memory, then a wait on an event (not a device-wide sync)."""
+def replay_greedy(entry: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor], n: int) -> list[int]:
+    """Replay a captured step (graph, logits, greedy ids) and return its first n greedy ids, with a
+    device-wide wait (tests and probes; the runner overlaps this, see ModelRunner.launch)."""
     g, _, tokens = entry
     g.replay()
-    out = tokens_host[:n]
-    out.copy_(tokens[:n], non_blocking=True)  # n == 0: nothing to copy, the wait still ends the step
-    done.record()
-    done.synchronize()
-    return out.tolist()
+    return tokens[:n].tolist()
+
+
+def pending_source(seq: Sequence, sources: dict[int, int] | None) -> int:
+    """The row of `sampled` that holds `seq`'s PENDING input id."""
+    row = None if sources is None else sources.get(seq.id)
+    if row is None:
+        raise ValueError(
+            f"sequence {seq.id}: its input id is pending, but the step in flight did not sample it "
+            f"(only the last launched step's ids can be pending)"
+        )
+    return row
+
+
+def resolve_ids(ids: torch.Tensor, src: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
+    """Input ids with the rows that name a source (src >= 0) taken from `sampled`, on the device:
+    the ids that the previous step sampled and the host has not seen yet. Capturable (no host
+    sync); src = -1 indexes sampled's last row, which `where` then ignores."""
+    return torch.where(src < 0, ids, sampled[src])
 
 
 class DecodeGraphs:
@@ -104,6 +116,7 @@ class DecodeGraphs:
         max_model_len: int,
         max_batch: int,
         gemv: str = "auto",
+        sampled: torch.Tensor | None = None,
     ) -> None:
         if gemv not in GEMV_MODES:
             raise ValueError(f"DecodeGraphs gemv must be one of {GEMV_MODES}, got {gemv!r}")
@@ -112,10 +125,15 @@ class DecodeGraphs:
         self.backend = backend
         dev = kv.k.device
         self.stage_inputs(decode_buckets(max_batch), kv.block_size, kv.scratch_block, max_model_len, dev)
+        # The greedy ids of every step: the runner's buffer, shared with its other paths.
+        if sampled is None:
+            sampled = torch.zeros(self.big, dtype=torch.int64, device=dev)
+        if sampled.shape[0] < self.big:
+            raise ValueError(f"DecodeGraphs: sampled buffer has {sampled.shape[0]} rows, needs {self.big}")
+        self.sampled = sampled
         self.cu = torch.arange(self.big + 1, dtype=torch.int32, device=dev)
         self.tile_seq = torch.arange(self.big, dtype=torch.int32, device=dev)
         self.tile_q = torch.zeros(self.big, dtype=torch.int32, device=dev)
-        self._done = torch.cuda.Event()
         # bucket -> (graph, logits [bucket, vocab], argmax ids [bucket])
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.info: dict = {}  # choices and timings made while capturing, for benchmark records
@@ -139,12 +157,13 @@ class DecodeGraphs:
         self.max_blocks = -(-max_model_len // bs)
         self.scratch_block = scratch_block
         self.scratch_slot = scratch_block * bs
-        self._hdr = 4 * big
+        self._hdr = 5 * big
         total = self._hdr + big * self.max_blocks
         init = torch.empty(total, dtype=torch.int32)
         init[: 2 * big] = 0  # token 0 at position 0 ...
         init[2 * big : 3 * big] = self.scratch_slot  # ... written to the scratch block ...
-        init[3 * big : 4 * big] = 1  # ... with a context of one key
+        init[3 * big : 4 * big] = 1  # ... with a context of one key ...
+        init[4 * big : 5 * big] = -1  # ... and the id the host wrote
         init[self._hdr :] = scratch_block
         self.buf = init.to(device, copy=True)
         self._host = [init.clone().pin_memory() if pin else init.clone() for _ in range(2)]
@@ -155,10 +174,8 @@ class DecodeGraphs:
         self.positions = self.buf[big : 2 * big]
         self.slots = self.buf[2 * big : 3 * big]
         self.ctx = self.buf[3 * big : 4 * big]
+        self.src = self.buf[4 * big : 5 * big]
         self.tables = self.buf[self._hdr :].view(big, self.max_blocks)
-        self.tokens_host = torch.empty(big, dtype=torch.int64)
-        if pin:
-            self.tokens_host = self.tokens_host.pin_memory()
 
     def _set_buckets(self, buckets: list[int]) -> None:
         self.buckets = buckets
@@ -185,7 +202,7 @@ class DecodeGraphs:
 
     def _forward(self, b: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
         meta = self._meta(b, split=variant.startswith("split"))
-        ids, pos = self.input_ids[:b], self.positions[:b]
+        ids, pos = resolve_ids(self.input_ids[:b], self.src[:b], self.sampled), self.positions[:b]
         if variant == "fused":
             logits = self.model.decode_logits_gemv(ids, pos, meta)
         else:
@@ -194,7 +211,7 @@ class DecodeGraphs:
             elif variant == "split-attn":
                 self.model.apply_decode_split(("qkv", "o"))
             logits = self.model.compute_logits(self.model(ids, pos, meta))
-        return logits, logits.argmax(dim=-1)
+        return logits, torch.argmax(logits, dim=-1, out=self.sampled[:b])
 
     def _batch1_variants(self, gemv: str) -> list[str]:
         """Graph variants to capture at batch 1 (timing picks one), tuning their kernels first."""
@@ -252,8 +269,11 @@ class DecodeGraphs:
         n = len(num_new_tokens)
         return 0 < n <= self.big and sum(num_new_tokens) == n
 
-    def load(self, seqs: list[Sequence]) -> tuple[int, list[int] | None]:
-        """Stage one decode step's inputs and send them to the device.
+    def load(
+        self, seqs: list[Sequence], sources: dict[int, int] | None = None
+    ) -> tuple[int, list[int] | None]:
+        """Stage one decode step's inputs and send them to the device. A sequence whose input id is
+        PENDING takes it from row sources[its id] of `sampled` (the step in flight sampled it).
 
         Returns (bucket, rows that sample), rows None when every row samples (the usual case).
         """
@@ -268,6 +288,8 @@ class DecodeGraphs:
         ids: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
+        src = h[4 * self.big : 4 * self.big + b]
+        src[:] = -1
         sample: list[int] | None = None
         width = 1
         for i, seq in enumerate(seqs):
@@ -280,7 +302,11 @@ class DecodeGraphs:
                     f"{None if toks is None else len(toks)}, max_model_len={limit}, "
                     f"KV blocks: {len(bt)} of {bs})"
                 )
-            ids.append(toks[c])
+            tok = toks[c]
+            if tok == PENDING:
+                src[i] = pending_source(seq, sources)
+                tok = 0
+            ids.append(tok)
             pos.append(c)
             slots.append(bt[c // bs] * bs + c % bs)
             nb = len(bt)
@@ -307,6 +333,7 @@ class DecodeGraphs:
             h[big + b : big + size] = 0
             h[2 * big + b : 2 * big + size] = self.scratch_slot
             h[3 * big + b : 3 * big + size] = 1
+            h[4 * big + b : 4 * big + size] = -1
             tab[b:size, 0] = self.scratch_block
         n = self._hdr + (size - 1) * maxb + width
         self.buf[:n].copy_(self._host[self._flip][:n], non_blocking=True)
@@ -314,7 +341,7 @@ class DecodeGraphs:
 
     def replay(self, size: int, b: int) -> list[int]:
         """Run bucket `size` on the staged inputs; returns the greedy ids of the first b rows."""
-        return replay_greedy(self.graphs[size], self.tokens_host, self._done, b)
+        return replay_greedy(self.graphs[size], b)
 
     def logits(self, size: int) -> torch.Tensor:
         """The logits [bucket, vocab] of the last replay of bucket `size` (valid until the next)."""

@@ -5,24 +5,31 @@ in real time, on a clock that skips idle gaps, and returns the same `RunResult` 
 writes, so a simulated and an executed run of one trace compare column for column. The
 scheduler, the block manager and the step bookkeeping are the very objects the simulator
 uses; only "how long did the iteration take" comes from a wall clock instead of a cost model.
+
+Both loops run one step at a time (schedule, launch, wait, bookkeeping), or with
+`EngineConfig.async_scheduling` one step ahead: step n+1 is scheduled on the state that step n
+will leave (`ReplicaCore.advance`: counts moved, PENDING ids, finished-by-length sequences gone)
+and launched before step n's ids are back, which are then settled (`ReplicaCore.settle`) while
+n+1 runs. An iteration then ends when its ids reach the host, as a client would see them.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from backends.profile import ServingStep
 from engine.config import EngineConfig
-from engine.model_runner import ModelRunner
+from engine.model_runner import Launched, ModelRunner
 from engine.sampling import SamplingParams, stop_reason
 from engine.tokenizer import Tokenizer, load_tokenizer
 from policies.kv.block_manager import BlockManager
 from policies.scheduling.base import SCHEDULERS, SchedulerConfig
 from policies.sequence import Sequence, Status
-from sim.replica_core import ReplicaCore
+from sim.replica_core import ReplicaCore, StepInFlight
 from sim.results import RunRecorder, RunResult
 from traces.schema import Request, Trace
 
@@ -115,17 +122,9 @@ class LLMEngine:
     def _core(self, num_requests: int) -> ReplicaCore:
         return ReplicaCore(0, self.scheduler, self.kv, RunRecorder(num_requests), self.max_model_len)
 
-    def _step(self, core: ReplicaCore, now: float) -> tuple[float, bool]:
-        """One iteration at engine time `now`; returns (end time, whether anything happened)."""
-        batch = core.schedule(now)
-        # Preempted sequences keep their sampled tokens and their generator state (recompute only
-        # rebuilds KV), so seeded outputs do not depend on whether preemption happened.
-        if batch.is_empty:
-            return now, bool(batch.preempted)
-        tokens = self.runner.execute(batch)
-        end = now + self.runner.last_step_seconds
-        core.complete(batch, now, end, tokens)
-        return end, True
+    def _lag(self) -> int:
+        """Steps left in flight after a launch: 1 with async scheduling (greedy requests only)."""
+        return 1 if self.config.async_scheduling and not self.runner.sampling else 0
 
     # -- offline generation -------------------------------------------------------------------
     def generate(
@@ -156,11 +155,30 @@ class LLMEngine:
                 runner.sampling[i] = p
             seqs.append(seq)
             core.add(seq, 0.0)
-        now = 0.0
-        while core.has_work:
-            now, progressed = self._step(core, now)
-            if not progressed:
-                raise RuntimeError("scheduler made no progress with work pending (KV pool too small?)")
+        lag = self._lag()
+        inflight: deque[tuple[StepInFlight, Launched]] = deque()
+        t0 = time.perf_counter()
+        while core.has_work or inflight:
+            batch = core.schedule(time.perf_counter() - t0) if core.has_work else None
+            # Preempted sequences keep their sampled tokens and their generator state (recompute
+            # only rebuilds KV), so seeded outputs do not depend on whether preemption happened.
+            if batch is None or batch.is_empty:
+                if not inflight and not (batch and batch.preempted):
+                    raise RuntimeError("scheduler made no progress with work pending (KV pool too small?)")
+                if inflight:
+                    fl, h = inflight.popleft()
+                    core.settle(fl, time.perf_counter() - t0, runner.collect(h))
+                continue
+            start = time.perf_counter() - t0
+            h = runner.launch(batch)
+            if lag:
+                inflight.append((core.advance(batch, start), h))
+                if len(inflight) > lag:
+                    fl, h = inflight.popleft()
+                    core.settle(fl, time.perf_counter() - t0, runner.collect(h))
+            else:
+                tokens = runner.collect(h)
+                core.complete(batch, start, time.perf_counter() - t0, tokens)
         outs = []
         for seq, p in zip(seqs, params, strict=True):
             prompt_len = seq.request.prompt_len
@@ -208,19 +226,31 @@ class LLMEngine:
         # Prompts are built before the clock starts: their cost is the load generator's, not
         # the server's, and no cost model should have to account for it.
         prompts = [synthesize_prompt(trace.request(i), vocab, seed) for i in range(n)]
+        lag = self._lag()
+        if lag and step_log is not None:
+            raise ValueError("step_log times the loop's phases one step at a time: turn async_scheduling off")
         nxt = 0
         skipped = 0.0
         t0 = time.perf_counter()
         iterations = 0
         last: list | None = None  # the logged step whose bookkeeping phase is still open
-        while nxt < n or core.has_work:
+        inflight: deque[tuple[StepInFlight, Launched]] = deque()
+
+        def settle_oldest() -> None:
+            nonlocal iterations
+            fl, h = inflight.popleft()
+            tokens = runner.collect(h)
+            core.settle(fl, time.perf_counter() - t0 + skipped, tokens)
+            iterations += 1
+
+        while nxt < n or core.has_work or inflight:
             top = time.perf_counter()
             now = top - t0 + skipped
             if last is not None:  # the bookkeeping phase ran until this loop top
                 last[-1] = top - last[-1]
                 step_log.append(ServingStep(*last))  # type: ignore[union-attr]
                 last = None
-            if not core.has_work and nxt < n and arrivals[nxt] > now:
+            if not core.has_work and not inflight and nxt < n and arrivals[nxt] > now:
                 skipped += float(arrivals[nxt]) - now  # nothing to do until the next arrival
                 now = float(arrivals[nxt])
             while nxt < n and arrivals[nxt] <= now:
@@ -228,32 +258,41 @@ class LLMEngine:
                 core.add(Sequence(req, token_ids=prompts[nxt]), float(arrivals[nxt]))
                 nxt += 1
             if time_limit is not None and now > time_limit:
+                while inflight:
+                    settle_oldest()
                 break
-            if not core.has_work:
+            batch = core.schedule(now) if core.has_work else None
+            if batch is None or batch.is_empty:
+                if inflight:
+                    settle_oldest()
+                elif batch is not None:
+                    if nxt >= n:
+                        raise RuntimeError("replay stalled: work pending, nothing schedulable, no arrivals")
+                    skipped += max(0.0, float(arrivals[nxt]) - now)
                 continue
-            batch = core.schedule(now)
-            if batch.is_empty:
-                if nxt >= n:
-                    raise RuntimeError("replay stalled: work pending, nothing schedulable, no arrivals left")
-                skipped += max(0.0, float(arrivals[nxt]) - now)
+            if lag:
+                h = runner.launch(batch)
+                inflight.append((core.advance(batch, now), h))
+                if len(inflight) > lag:
+                    settle_oldest()
                 continue
-            t_run = time.perf_counter()
-            tokens = runner.execute(batch)
-            t_end = time.perf_counter()
-            end = t_end - t0 + skipped
             if step_log is not None:
-                sh = core.shape(batch)  # before complete() advances the sequences
-                rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context,
-                       t_run - top, t_end - t_run]  # fmt: skip
-                t_c = time.perf_counter()
-                skipped -= t_c - t_end  # the log's own time is not the engine's
-            core.complete(batch, now, end, tokens)
+                t_s = time.perf_counter()
+                sh = core.shape(batch)  # before the step advances the sequences
+                skipped -= time.perf_counter() - t_s  # the log's own time is not the engine's
+            t_run = time.perf_counter()
+            tokens = runner.collect(runner.launch(batch))
+            t_end = time.perf_counter()
+            core.complete(batch, now, t_end - t0 + skipped, tokens)
             iterations += 1
             if step_log is not None:
+                rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context,
+                       t_s - top, t_end - t_run, t_end]  # fmt: skip
                 if core.has_work or nxt >= n:
-                    last = [*rec, t_c]  # closed at the next loop top
+                    last = rec  # closed at the next loop top
                 else:  # idle next: the phase ends with the bookkeeping
-                    step_log.append(ServingStep(*rec, time.perf_counter() - t_c))
+                    rec[-1] = time.perf_counter() - t_end
+                    step_log.append(ServingStep(*rec))
         if last is not None:
             last[-1] = time.perf_counter() - last[-1]
             step_log.append(ServingStep(*last))  # type: ignore[union-attr]

@@ -6,6 +6,13 @@ attending causally over positions 0 .. c + n - 1; a sequence whose computed coun
 its token count this step gets one sampled token. Bookkeeping (advancing counts, appending
 tokens, freeing KV) stays with the caller's `ReplicaCore`, so the simulator and the engine
 share one scheduler, one block manager and one notion of a step.
+
+A step is `launch`ed (inputs staged, device work queued, its greedy ids copied back into one of
+two pinned buffers behind an event) and later `collect`ed (wait on the event, read the ids);
+`execute` is the two back to back. Between them the caller may schedule and launch the next step
+(the engine's overlapped loop, as in vLLM's async scheduling and SGLang's overlap scheduler): the
+ids sampled by the step in flight stay in the device buffer `sampled`, and the next step's
+inputs name their rows there for the ids the host has not seen yet (PENDING).
 """
 
 from __future__ import annotations
@@ -17,14 +24,15 @@ import torch
 
 from engine.attention import AttentionBackend, AttentionMetadata, TorchPagedAttention, build_metadata
 from engine.config import EngineConfig
+from engine.cuda_graphs import decode_buckets, pending_source
 from engine.device import Device, get_device
 from engine.kv_cache import KVCache, KVPlan, plan_num_blocks
 from engine.model import DecoderModel
 from engine.model_spec import DecoderSpec
-from engine.sampling import GREEDY, Sampler, SamplingParams
+from engine.sampling import Sampler, SamplingParams
 from engine.weights import WeightSource, load_into, resolve_source
 from policies.scheduling.batch import ScheduledBatch
-from policies.sequence import Sequence
+from policies.sequence import PENDING, Sequence
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ACTIVATION_MARGIN = 256 * 2**20  # cuBLAS workspaces, allocator slack, graph pools
@@ -37,6 +45,18 @@ class StepInputs:
     meta: AttentionMetadata
     sample_rows: list[int]  # row of each sampling sequence's last token, in batch order
     sample_seqs: list[Sequence]
+
+
+@dataclass
+class Launched:
+    """A step whose device work is queued; its greedy ids arrive in output slot `slot`."""
+
+    n: int  # ids copied back (rows 0 .. n-1 of the runner's `sampled`)
+    slot: int
+    seqs: list[Sequence]  # the sequences that sample, in batch order
+    rows: list[int] | None  # their rows among the n (None: all of them, in order)
+    logits: torch.Tensor | None  # the step's logits rows (rows index them too); valid until the next launch
+    t0: float  # when the launch began (perf_counter)
 
 
 def make_backend(name: str, device: Device, spec: DecoderSpec) -> AttentionBackend:
@@ -114,6 +134,15 @@ class ModelRunner:
         self.kv = KVCache(self.spec, self.kv_plan.num_blocks, self.block_size, self.dtype, dev)
         self.model.bind_kv_cache(self.kv.k, self.kv.v)
         self.sampler = Sampler(dev, config.seed)
+        # Greedy ids of the last launched steps, on the device (every path writes rows 0 .. n-1),
+        # and two pinned host slots they are copied back to, each behind its own event.
+        nrows = max(decode_buckets(config.max_num_seqs)[-1], config.max_num_seqs)
+        self.sampled = torch.zeros(nrows, dtype=torch.int64, device=dev)
+        cuda = self.device.kind == "cuda"
+        self._out = [torch.empty(nrows, dtype=torch.int64, pin_memory=cuda) for _ in range(2)]
+        self._events = [torch.cuda.Event() for _ in range(2)] if cuda else None
+        self._slot = 0
+        self._sources: dict[int, int] = {}  # request id -> its row of `sampled` in the last launch
         # request id -> params of requests that do not decode greedily (absent = greedy, the
         # common case, which then costs no lookup work per step)
         self.sampling: dict[int, SamplingParams] = {}
@@ -128,6 +157,7 @@ class ModelRunner:
                 self.max_model_len,
                 max_batch=config.max_num_seqs,
                 gemv=config.decode_gemv,
+                sampled=self.sampled,
             )
         self.step_graphs = None
         limit = min(config.step_graph_tokens, config.max_num_batched_tokens)
@@ -135,7 +165,8 @@ class ModelRunner:
             from engine.step_graphs import StepGraphs
 
             self.step_graphs = StepGraphs(
-                self.model, self.kv, self.backend, self.max_model_len, limit, config.max_num_seqs
+                self.model, self.kv, self.backend, self.max_model_len, limit, config.max_num_seqs,
+                sampled=self.sampled,
             )
         self.last_step_seconds = 0.0
 
@@ -145,8 +176,11 @@ class ModelRunner:
         return self.kv.num_blocks
 
     # -- inputs ------------------------------------------------------------------------------
-    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+    def prepare(self, batch: ScheduledBatch, sources: dict[int, int] | None = None) -> StepInputs:
+        """Eager inputs; a PENDING id (a sequence's last) is taken from row sources[its id] of
+        `sampled` on the device (see the module docstring)."""
         ids: list[int] = []
+        pending: list[tuple[int, int]] = []  # (token row, row of `sampled`)
         pos: list[int] = []
         q_lens: list[int] = []
         ctx: list[int] = []
@@ -167,6 +201,9 @@ class ModelRunner:
                     f"sequence {seq.id}: {c + n} tokens exceed max_model_len={self.max_model_len}"
                 )
             ids.extend(toks[c : c + n])
+            if c + n == len(toks) and toks[-1] == PENDING:
+                ids[-1] = 0
+                pending.append((len(ids) - 1, pending_source(seq, sources)))
             pos.extend(range(c, c + n))
             q_lens.append(n)
             ctx.append(c + n)
@@ -176,8 +213,13 @@ class ModelRunner:
                 sample_seqs.append(seq)
         dev = self.device.torch_device
         meta = build_metadata(q_lens, ctx, tables, self.block_size, dev, pad_block=self.kv.scratch_block)
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
+        if pending:
+            at, src = zip(*pending, strict=True)
+            idx = torch.tensor(src, dtype=torch.int64, device=dev)
+            input_ids[torch.tensor(at, dtype=torch.int64, device=dev)] = self.sampled.index_select(0, idx)
         return StepInputs(
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            input_ids=input_ids,
             positions=torch.tensor(pos, dtype=torch.int64, device=dev),
             meta=meta,
             sample_rows=rows,
@@ -194,68 +236,82 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[int]:
         """Run one scheduled step; returns the sampled tokens of finishing sequences, in batch order."""
+        return self.collect(self.launch(batch))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch) -> Launched:
+        """Stage and queue one step (decode graph, step graph or eager) without waiting for it.
+        Its inputs may hold PENDING ids of the previous launch only: `collect` every launch but
+        the last before launching again."""
         t0 = time.perf_counter()
-        if batch.is_empty:
-            self.last_step_seconds = 0.0
-            return []
+        rows: list[int] | None = None
+        logits: torch.Tensor | None = None
         g = self.graphs
         sg = self.step_graphs
-        if g is not None and g.accepts(batch.num_new_tokens):
-            tokens = self._execute_graph(g, batch.seqs)
+        if batch.is_empty:
+            seqs: list[Sequence] = []
+        elif g is not None and g.accepts(batch.num_new_tokens):
+            size, rows = g.load(batch.seqs, self._sources)
+            g.graphs[size][0].replay()
+            seqs = batch.seqs if rows is None else [batch.seqs[i] for i in rows]
+            logits = g.logits(size)
         elif sg is not None and (t := sg.bucket(batch)) is not None:
-            tokens = self._execute_step_graph(sg, batch, t)
+            _, seqs = sg.load(batch, t, self._sources)
+            sg.graphs[t][0].replay()
+            logits = sg.logits(t)
         else:
-            tokens = self._execute_eager(batch)
-        self.last_step_seconds = time.perf_counter() - t0
-        return tokens
+            inp = self.prepare(batch, self._sources)
+            hidden = self.forward_hidden(inp)
+            seqs = inp.sample_seqs
+            if seqs:
+                idx = torch.tensor(inp.sample_rows, dtype=torch.int64, device=hidden.device)
+                logits = self.model.compute_logits(hidden.index_select(0, idx))
+                torch.argmax(logits, dim=-1, out=self.sampled[: len(seqs)])
+        n = len(seqs) if rows is None else len(batch.seqs)
+        self._slot ^= 1
+        slot = self._slot
+        if n:
+            self._out[slot][:n].copy_(self.sampled[:n], non_blocking=True)
+        if self._events is not None:
+            self._events[slot].record()
+        self._sources = {s.id: i for i, s in enumerate(seqs)} if rows is None else {
+            s.id: r for s, r in zip(seqs, rows, strict=True)
+        }
+        return Launched(n, slot, seqs, rows, logits, t0)
 
-    def _execute_step_graph(self, sg, batch: ScheduledBatch, t: int) -> list[int]:
-        """A small step with prefill tokens: one H2D copy, one graph replay, one D2H copy."""
-        rows, seqs = sg.load(batch, t)
-        tokens = sg.replay(t, len(rows))
-        if self.sampling:
-            self._resample(tokens, seqs, sg.logits(t), list(range(len(seqs))))
+    def collect(self, step: Launched) -> list[int]:
+        """Wait for a launched step and return its sampled ids (requests that do not decode
+        greedily redraw theirs from the step's logits: only a step collected before the next
+        launch still has them)."""
+        if self._events is not None:
+            self._events[step.slot].synchronize()
+        else:
+            self.device.synchronize()
+        tokens = self._out[step.slot][: step.n].tolist()
+        rows = step.rows
+        if rows is not None:
+            tokens = [tokens[i] for i in rows]
+        if self.sampling and step.seqs:
+            assert step.logits is not None
+            self._resample(tokens, step.seqs, step.logits, rows)
+        self.last_step_seconds = time.perf_counter() - step.t0
         return tokens
 
     def _resample(
-        self, tokens: list[int], seqs: list[Sequence], logits: torch.Tensor, rows: list[int]
+        self, tokens: list[int], seqs: list[Sequence], logits: torch.Tensor, rows: list[int] | None
     ) -> None:
-        """Redraw, from a graph's logits, the tokens of the sequences that do not decode greedily
-        (`rows[j]` is sequence j's row of `logits`)."""
+        """Redraw, from a step's logits, the tokens of the sequences that do not decode greedily
+        (`rows[j]` is sequence j's row of `logits`; None: row j)."""
         special = [(j, p) for j, s in enumerate(seqs) if (p := self.sampling.get(s.id)) and not p.greedy]
         if not special:
             return
-        sel = torch.tensor([rows[j] for j, _ in special], dtype=torch.int64, device=self.device.torch_device)
+        at = [rows[j] if rows is not None else j for j, _ in special]
+        sel = torch.tensor(at, dtype=torch.int64, device=self.device.torch_device)
         drawn = self.sampler.sample(
             logits.index_select(0, sel).float(), [p for _, p in special], [seqs[j].id for j, _ in special]
         )
         for (j, _), tok in zip(special, drawn, strict=True):
             tokens[j] = tok
-
-    def _execute_graph(self, g, seqs: list[Sequence]) -> list[int]:
-        """Decode-only step: one H2D copy, one graph replay (model, LM head, argmax), one D2H copy."""
-        b = len(seqs)
-        size, rows = g.load(seqs)
-        tokens = g.replay(size, b)
-        if rows is not None:
-            tokens = [tokens[i] for i in rows]
-            seqs = [seqs[i] for i in rows]
-        if self.sampling:  # some requests sample: redraw their rows from the graph's logits
-            self._resample(tokens, seqs, g.logits(size), rows if rows is not None else list(range(len(seqs))))
-        return tokens
-
-    def _execute_eager(self, batch: ScheduledBatch) -> list[int]:
-        inp = self.prepare(batch)
-        hidden = self.forward_hidden(inp)
-        if not inp.sample_rows:
-            self.device.synchronize()
-            return []
-        rows = torch.tensor(inp.sample_rows, dtype=torch.int64, device=hidden.device)
-        logits = self.model.compute_logits(hidden.index_select(0, rows))
-        params = [self.sampling.get(s.id, GREEDY) for s in inp.sample_seqs]
-        if all(p.greedy for p in params):  # argmax of the low-precision logits picks the same ids
-            return logits.argmax(dim=-1).tolist()
-        return self.sampler.sample(logits.float(), params, [s.id for s in inp.sample_seqs])
 
     @torch.inference_mode()
     def logits_of(self, batch: ScheduledBatch) -> torch.Tensor:

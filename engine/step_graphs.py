@@ -10,14 +10,17 @@ paged attention launch itself is captured, because its grid can be padded).
 
 A step of T new tokens over S sequences runs in the smallest bucket >= T. Every input lives in
 one packed int32 device buffer filled by one host-to-device copy: token ids, positions and KV
-slots (padded tokens: id 0, position 0, the KV cache's scratch slot), the sequences' row offsets
+slots (padded tokens: id 0, position 0, the KV cache's scratch slot), each token's source row in
+the runner's `sampled` buffer where its id is still on the device (-1 elsewhere; see
+engine/cuda_graphs.py), the sequences' row offsets
 and context lengths (unused sequence rows: no rows, no context), their block tables, the
 attention launches' tile -> (sequence, first query) maps (prefill tiles for the chunks, and
 decode-sized tiles for one-token sequences, launched apart as TritonPagedAttention.prepare plans
 them) and the rows to sample. Each attention grid is the bucket's worst-case tile count; padding
 tiles point at an unused sequence row, so their programs load nothing and store nothing. Padded
 token rows flow through the GEMMs (rows are independent) and are never sampled. The graph ends
-with the LM head on the sampled rows (as many as the bucket allows sequences) and the greedy argmax.
+with the LM head on the sampled rows (as many as the bucket allows sequences) and the greedy argmax,
+written to `sampled`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import numpy as np
 import torch
 
 from engine.attention import AttentionMetadata
-from engine.cuda_graphs import fastest_buckets, replay_greedy, replay_ms
+from engine.cuda_graphs import fastest_buckets, pending_source, replay_greedy, replay_ms, resolve_ids
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
 from policies.scheduling.batch import ScheduledBatch
-from policies.sequence import Sequence
+from policies.sequence import PENDING, Sequence
 
 
 def step_buckets(max_tokens: int) -> list[int]:
@@ -53,6 +56,7 @@ class StepGraphs:
         max_tokens: int,
         max_seqs: int,
         capture: bool = True,
+        sampled: torch.Tensor | None = None,
     ) -> None:
         self.model = model
         self.backend = backend
@@ -70,14 +74,15 @@ class StepGraphs:
         self.seqs_of = {t: min(s, t) for t in self.buckets}  # sequences (and sampled rows) per bucket
         self.tiles_of = {t: min(t, -(-t // self.block_q) + self.seqs_of[t]) for t in self.buckets}
         tiles = self.tiles_of[big]
-        # Packed layout: ids | positions | slots (big each) | cu (s + 2) | ctx (s + 1) | tile seq |
+        # Packed layout: ids | positions | slots | sources (big each) | cu (s + 2) | ctx (s + 1) | tile seq |
         # tile q (tiles each) | one-token tile seq | their tile q (s each, the latter always 0) |
         # sample rows (s) | block tables ((s + 1) x max_blocks).
         off = {}
         n = 0
         for name, size in (
-            ("ids", big), ("pos", big), ("slots", big), ("cu", s + 2), ("ctx", s + 1), ("tseq", tiles),
-            ("tq", tiles), ("dseq", s), ("dq", s), ("rows", s), ("tab", (s + 1) * self.max_blocks),
+            ("ids", big), ("pos", big), ("slots", big), ("src", big), ("cu", s + 2), ("ctx", s + 1),
+            ("tseq", tiles), ("tq", tiles), ("dseq", s), ("dq", s), ("rows", s),
+            ("tab", (s + 1) * self.max_blocks),
         ):  # fmt: skip
             off[name] = (n, n + size)
             n += size
@@ -89,10 +94,11 @@ class StepGraphs:
         self._host = [init.clone().pin_memory() if pin else init.clone() for _ in range(2)]
         self._np = [h.numpy() for h in self._host]
         self._flip = 0
-        self.tokens_host = torch.empty(s, dtype=torch.int64)
-        if pin:
-            self.tokens_host = self.tokens_host.pin_memory()
-        self._done = torch.cuda.Event() if pin else None
+        if sampled is None:
+            sampled = torch.zeros(s, dtype=torch.int64, device=dev)
+        if sampled.shape[0] < s:
+            raise ValueError(f"StepGraphs: sampled buffer has {sampled.shape[0]} rows, needs {s}")
+        self.sampled = sampled
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         if capture:
             self._capture()
@@ -124,10 +130,11 @@ class StepGraphs:
         )
 
     def _forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model(self._view("ids")[:t], self._view("pos")[:t], self._meta(t))
-        rows = self._view("rows")[: self.seqs_of[t]]
-        logits = self.model.compute_logits(hidden.index_select(0, rows))
-        return logits, logits.argmax(dim=-1)
+        ids = resolve_ids(self._view("ids")[:t], self._view("src")[:t], self.sampled)
+        hidden = self.model(ids, self._view("pos")[:t], self._meta(t))
+        n = self.seqs_of[t]
+        logits = self.model.compute_logits(hidden.index_select(0, self._view("rows")[:n]))
+        return logits, torch.argmax(logits, dim=-1, out=self.sampled[:n])
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -136,6 +143,8 @@ class StepGraphs:
         h[:] = 0
         a, b = self._off["slots"]
         h[a:b] = self.scratch_slot
+        a, b = self._off["src"]
+        h[a:b] = -1
         a, b = self._off["tab"]
         h[a:b] = self.scratch_block
         for name in ("tseq", "dseq"):
@@ -166,9 +175,12 @@ class StepGraphs:
             return None
         return next(b for b in self.buckets if b >= t)
 
-    def load(self, batch: ScheduledBatch, t: int) -> tuple[list[int], list[Sequence]]:
+    def load(
+        self, batch: ScheduledBatch, t: int, sources: dict[int, int] | None = None
+    ) -> tuple[list[int], list[Sequence]]:
         """Stage the step's inputs for bucket `t` and send them; returns (sampled rows in the
-        packed token order, their sequences), both in batch order."""
+        packed token order, their sequences), both in batch order. A PENDING input id (only a
+        sequence's last) comes from row sources[its id] of `sampled`, as in DecodeGraphs.load."""
         self._flip ^= 1
         h = self._np[self._flip]
         o = self._off
@@ -178,6 +190,8 @@ class StepGraphs:
         ids = h[o["ids"][0] : o["ids"][1]]
         pos = h[o["pos"][0] : o["pos"][1]]
         slots = h[o["slots"][0] : o["slots"][1]]
+        src = h[o["src"][0] : o["src"][1]]
+        src[:t] = -1
         cu = h[o["cu"][0] : o["cu"][1]]
         ctx = h[o["ctx"][0] : o["ctx"][1]]
         tseq = h[o["tseq"][0] : o["tseq"][1]]
@@ -202,6 +216,9 @@ class StepGraphs:
                     f"KV blocks: {len(bt)} of {bs})"
                 )
             ids[row : row + n] = toks[c : c + n]
+            if c + n == len(toks) and toks[-1] == PENDING:
+                src[row + n - 1] = pending_source(seq, sources)
+                ids[row + n - 1] = 0
             p = np.arange(c, c + n)
             pos[row : row + n] = p
             nb = min(len(bt), maxb)
@@ -242,7 +259,7 @@ class StepGraphs:
 
     def replay(self, t: int, n: int) -> list[int]:
         """Run bucket `t` on the staged inputs; returns the greedy ids of the first n sampled rows."""
-        return replay_greedy(self.graphs[t], self.tokens_host, self._done, n)
+        return replay_greedy(self.graphs[t], n)
 
     def logits(self, t: int) -> torch.Tensor:
         """The logits [sampled rows, vocab] of the last replay of bucket `t` (valid until the next)."""

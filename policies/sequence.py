@@ -13,6 +13,11 @@ from enum import IntEnum
 
 from traces.schema import Request
 
+# A sampled token id the host does not hold yet: with the engine's overlapped loop, step n+1 is
+# scheduled and launched before step n's sampled ids come back, so each sequence that samples in
+# step n carries this in its token ids until then (the device feeds the real id to step n+1).
+PENDING = -1
+
 
 class Status(IntEnum):
     WAITING = 0
@@ -41,6 +46,7 @@ class Sequence:
         "replica",
         "in_flight",
         "stop_token_ids",
+        "num_pending",
     )
 
     def __init__(self, request: Request, token_ids: list[int] | None = None) -> None:
@@ -64,6 +70,7 @@ class Sequence:
         self.in_flight = False  # inside a pipeline micro-batch that has not completed yet
         # Sampled ids that end this request early (engine: EOS unless ignored, user stop ids).
         self.stop_token_ids: frozenset[int] = frozenset()
+        self.num_pending = 0  # trailing PENDING entries of token_ids (at most one per step in flight)
 
     @property
     def id(self) -> int:
@@ -84,14 +91,14 @@ class Sequence:
         cache does; with trace prefix hashes (Mooncake, one id per `hash_block_tokens`),
         KV block i inherits the id of the trace block that covers it plus its offset in it,
         and blocks past those get an identity of their own request. Only full blocks of
-        known content (prompt and tokens generated so far) get a hash.
+        known content (prompt and tokens generated so far, not those still PENDING) get a hash.
         """
         h = self._hashes
         if i < len(h):
             return h[i]
         end = (i + 1) * block_size
         if self.token_ids is not None:
-            if end > len(self.token_ids):
+            if end > len(self.token_ids) - self.num_pending:
                 return None
             toks = self.token_ids
             while len(h) <= i:

@@ -26,7 +26,7 @@ from backends.cost_model import BatchShape
 from policies.kv.block_manager import BlockManager
 from policies.scheduling.base import Scheduler
 from policies.scheduling.batch import ScheduledBatch
-from policies.sequence import Sequence, Status
+from policies.sequence import PENDING, Sequence, Status
 from sim.results import RunRecorder
 
 _NEVER = 1 << 62
@@ -65,6 +65,18 @@ class GroupPlan:
     @property
     def m(self) -> int:
         return len(self.counts)
+
+
+@dataclass(slots=True)
+class StepInFlight:
+    """An iteration between `ReplicaCore.advance` and `ReplicaCore.settle`."""
+
+    batch: ScheduledBatch
+    start: float
+    sampled: list[Sequence]  # sequences that sample a token in it, in batch order
+    index: list[int]  # engine: where each one's PENDING id sits in its token ids (else empty)
+    finishing: list[Sequence]  # those reaching their output length (released already)
+    row: tuple[int, int, int] | None  # (prefill sequences, prefill tokens, decode tokens) when recording
 
 
 class ReplicaCore:
@@ -184,11 +196,21 @@ class ReplicaCore:
     ) -> list[Sequence]:
         """Apply an executed iteration. `tokens` (engine) holds one sampled id per sequence
         that reached its last token, in batch order; the simulator passes None."""
+        return self.settle(self.advance(batch, start), end, tokens)
+
+    def advance(self, batch: ScheduledBatch, start: float) -> StepInFlight:
+        """The part of an iteration's bookkeeping that does not need its sampled ids: computed
+        and output counts, a PENDING id per sampling sequence (engine), blocks filled with known
+        content published, and the sequences that reach their output length taken out of the
+        running set with their KV freed, so that the next iteration can be scheduled while this
+        one runs (the engine's overlapped loop; `complete` is `settle(advance(...))`).
+        The freed blocks may go to the next iteration at once: it runs after this one on the
+        device, so its KV writes land after this one's."""
         kv = self.kv
         seqs = batch.seqs
         counts = batch.num_new_tokens
-        recording = self.recorder.record_iterations
-        if recording:  # the iteration record's split, as `shape` classifies (state before the step)
+        row = None
+        if self.recorder.record_iterations:  # the iteration record's split, as `shape` classifies
             n_prefill = prefill_tokens = decode_tokens = 0
             for seq, n in zip(seqs, counts):
                 if n == 1 and seq.num_output_tokens > 0 and seq.num_computed_tokens + 1 == seq.num_tokens:
@@ -196,51 +218,104 @@ class ReplicaCore:
                 else:
                     n_prefill += 1
                     prefill_tokens += n
-        gaps: list[float] = []  # inter-token latencies, added to the histogram in one call
-        finished: list[Sequence] = []
-        t = 0
+            row = (n_prefill, prefill_tokens, decode_tokens)
+        sampled: list[Sequence] = []
+        index: list[int] = []
+        finishing: list[Sequence] = []
         caching = kv.enable_prefix_caching
         bs = kv.block_size
         for seq, n in zip(seqs, counts):
             computed = seq.num_computed_tokens + n
             seq.num_computed_tokens = computed
-            if caching and computed // bs > seq.num_published_blocks:  # a block was filled
-                kv.cache_blocks(seq)
+            if caching and computed // bs > seq.num_published_blocks and not seq.num_pending:
+                kv.cache_blocks(seq)  # a block was filled (with PENDING ids: when they arrive)
             out = seq.num_output_tokens
             if computed < seq.request.prompt_len + out:
                 continue  # a prefill chunk that has not reached the end of the prompt yet
             out += 1
             seq.num_output_tokens = out
+            toks = seq.token_ids
+            if toks is not None:
+                index.append(len(toks))
+                toks.append(PENDING)
+                seq.num_pending += 1
+            sampled.append(seq)
+            if out >= seq.request.output_len:
+                finishing.append(seq)
+        self._work_done += sum(counts)
+        for seq in finishing:
+            self._release(seq)
+        return StepInFlight(batch, start, sampled, index, finishing, row)
+
+    def settle(self, step: StepInFlight, end: float, tokens: list[int] | None = None) -> list[Sequence]:
+        """The rest of an iteration's bookkeeping, once its sampled ids are back (`tokens`, one per
+        sampling sequence in batch order; None in the simulator): token ids, first-token, ITL and
+        finish times at `end`, stop ids. A sequence that samples a stop id while its next
+        iteration is already in flight (the overlapped loop) finishes here; that iteration's
+        token for it is dropped, and its counts go back to this step's."""
+        gaps: list[float] = []  # inter-token latencies, added to the histogram in one call
+        finished: list[Sequence] = []
+        sampled = step.sampled
+        fin = step.finishing
+        if tokens is not None and len(tokens) != len(sampled):
+            raise ValueError(
+                f"replica {self.id}: executor returned {len(tokens)} tokens, expected {len(sampled)}"
+            )
+        for i, seq in enumerate(sampled):
+            if seq.finish >= 0:
+                continue  # it stopped at an earlier iteration, settled already
             stop = False
             if tokens is not None:
-                tok = tokens[t]
-                t += 1
-                if seq.token_ids is not None:
-                    seq.token_ids.append(tok)
+                tok = tokens[i]
+                toks = seq.token_ids
+                if toks is not None:
+                    toks[step.index[i]] = tok
+                    seq.num_pending -= 1
+                    if seq.num_pending == 0 and self.kv.enable_prefix_caching:
+                        self.kv.cache_blocks(seq)  # blocks whose last id was pending
                 stop = tok in seq.stop_token_ids
             if seq.first_token < 0:
                 seq.first_token = end
             else:
                 gaps.append(end - seq.last_token)
             seq.last_token = end
-            if stop or out >= seq.request.output_len:
+            if fin and seq.status is Status.FINISHED and seq in fin:  # its length (`advance` released it)
                 finished.append(seq)
-        self._work_done += sum(counts)
+            elif stop:
+                if step.index:
+                    self._take_back(seq, step.index[i])
+                if seq.status is not Status.FINISHED:  # else a later `advance` released it already
+                    self._release(seq)
+                finished.append(seq)
         if gaps:
             self.recorder.itl.add_ones(gaps)
-        if tokens is not None and t != len(tokens):
-            raise ValueError(f"replica {self.id}: executor returned {len(tokens)} tokens, expected {t}")
         for seq in finished:
             self._finish(seq, end)
         self.num_iterations += 1
-        if recording:
+        if step.row is not None:
+            kv = self.kv
+            start = step.start
             self.recorder.iteration(
                 (
-                    self.id, start, end, 1, end - start, end - start, len(batch.seqs), n_prefill,
-                    prefill_tokens, decode_tokens, kv.num_used_blocks, kv.num_blocks, len(batch.preempted),
+                    self.id, start, end, 1, end - start, end - start, len(step.batch.seqs), *step.row,
+                    kv.num_used_blocks, kv.num_blocks, len(step.batch.preempted),
                 )
             )
         return finished
+
+    def _take_back(self, seq: Sequence, index: int) -> None:
+        """Undo the iterations that `advance` applied to `seq` after the one whose sampled id sits
+        at token_ids[index]: it stopped there."""
+        toks = seq.token_ids
+        extra = len(toks) - index - 1  # ids sampled (pending) by later iterations
+        if extra <= 0:
+            return
+        del toks[index + 1 :]
+        seq.num_pending -= extra
+        seq.num_output_tokens -= extra
+        if seq.num_computed_tokens > index:  # still running (not preempted since): back to this step's
+            self._work_done -= seq.num_computed_tokens - index
+            seq.num_computed_tokens = index
 
     def can_complete_planned(self, plan: GroupPlan, k: int) -> bool:
         """Whether `complete_planned` may apply plan iterations 0 .. k-1: nobody finishes in
@@ -308,14 +383,22 @@ class ReplicaCore:
             itl.add_many(list(map(sub, ends[kx + 1 : k], ends[kx:])), len(seqs) - nd)
         self._work_done += plan.work[kx - 1] + (k - kx) * len(seqs)
         for s in finished:
+            self._release(s)
             self._finish(s, end)
         self.num_iterations += k
 
-    def _finish(self, seq: Sequence, now: float) -> None:
+    def _release(self, seq: Sequence) -> None:
+        """Take a finishing sequence out of the queues and free its KV (its times come later)."""
+        try:
+            self.running.remove(seq)
+        except ValueError:  # preempted while its last iteration was in flight
+            self.waiting.remove(seq)
         seq.status = Status.FINISHED
-        seq.finish = now
         self.kv.free(seq)
-        self.running.remove(seq)
+
+    def _finish(self, seq: Sequence, now: float) -> None:
+        """Record a finish at `now`; `_release` must have run (directly, or through `advance`)."""
+        seq.finish = now
         self.num_outstanding -= 1
         total = seq.request.prompt_len + seq.request.output_len - 1
         self._work_target -= total
@@ -606,6 +689,7 @@ class ReplicaCore:
             for s in seqs:
                 kv.cache_blocks(s)
         for s in finished:
+            self._release(s)
             self._finish(s, end)
         self.num_iterations += k
         if self.recorder.record_iterations:

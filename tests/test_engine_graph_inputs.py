@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from engine.attention import build_metadata  # noqa: E402
 from engine.cuda_graphs import DecodeGraphs, decode_buckets  # noqa: E402
-from policies.sequence import Sequence  # noqa: E402
+from policies.sequence import PENDING, Sequence  # noqa: E402
 from traces.schema import Request  # noqa: E402
 
 BS = 4
@@ -91,3 +91,17 @@ def test_load_rejects_what_it_cannot_decode() -> None:
     with pytest.raises(ValueError, match="max_model_len=16"):
         g.load([_seq(0, 20, 1, 20, list(range(6)))])
     assert not g.accepts([1, 2]) and not g.accepts([]) and not g.accepts([1] * 5) and g.accepts([1] * 4)
+
+
+def test_pending_ids_name_their_row_of_the_sampled_buffer() -> None:
+    """A decode whose input id the previous (in-flight) step sampled stages id 0 and that step's
+    row; the others stage their ids and -1; a pending id the last launch did not sample is refused."""
+    g = _staging(max_batch=8, max_model_len=64)
+    seqs = [_seq(i, 6, 2, 7, [2 * i, 2 * i + 1]) for i in range(3)]
+    seqs[1].token_ids[-1] = PENDING
+    seqs[2].token_ids[-1] = PENDING
+    g.load(seqs, {1: 5, 2: 0, 9: 3})
+    assert g.input_ids[:3].tolist() == [seqs[0].token_ids[-1], 0, 0]
+    assert g.src[:4].tolist() == [-1, 5, 0, -1]  # the padding row too
+    with pytest.raises(ValueError, match="sequence 2: its input id is pending"):
+        g.load(seqs, {1: 5})

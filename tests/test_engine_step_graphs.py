@@ -24,7 +24,7 @@ from engine.attention import build_metadata  # noqa: E402
 from engine.cuda_graphs import fastest_buckets  # noqa: E402
 from engine.step_graphs import StepGraphs, step_buckets  # noqa: E402
 from policies.scheduling.batch import ScheduledBatch  # noqa: E402
-from policies.sequence import Sequence  # noqa: E402
+from policies.sequence import PENDING, Sequence  # noqa: E402
 from traces.schema import Request  # noqa: E402
 
 BS = 4
@@ -163,3 +163,18 @@ def test_what_does_not_fit_runs_eagerly_and_bad_input_is_named() -> None:
     past_limit = ScheduledBatch([_seq(0, 50, 38, list(range(13)))], [5])
     with pytest.raises(ValueError, match="max_model_len=40"):
         g.load(past_limit, g.bucket(past_limit))
+
+
+def test_pending_ids_name_their_row_of_the_sampled_buffer() -> None:
+    """A sequence whose last id is PENDING (sampled by the step in flight) stages id 0 there and
+    that step's row of `sampled`; every other token stages its id and -1."""
+    g = _staging(max_tokens=64, max_seqs=4, max_model_len=80)
+    dec = _seq(0, 9, 8, [0, 1, 2])
+    dec.token_ids[-1] = PENDING
+    chunk = _seq(1, 20, 4, [3, 4, 5, 6, 7])  # a prefill chunk: ids all known
+    batch = ScheduledBatch([chunk, dec], [16, 1])
+    g.load(batch, g.bucket(batch), {0: 3})
+    a = g._off["ids"][0]
+    s = g._off["src"][0]
+    assert g.buf[a : a + 17].tolist() == chunk.token_ids[4:20] + [0]
+    assert g.buf[s : s + 18].tolist() == [-1] * 16 + [3, -1]

@@ -185,14 +185,18 @@ def test_step_graphs_match_eager_steps(family: str) -> None:
                 release(batch, kv)
 
 
-def test_graphs_and_eager_and_torch_backend_generate_the_same() -> None:
+def test_graphs_and_eager_and_torch_backend_and_async_generate_the_same() -> None:
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling import SamplingParams
     from engine.testing import tiny_spec
 
     outs = []
-    for graphs, backend in ((True, "triton"), (False, "triton"), (False, "torch")):
+    # async: the next step's inputs take the PENDING ids from the device (decode graphs, step
+    # graphs at this token budget, and eager steps), for the greedy generate
+    for graphs, backend, overlap in (
+        (True, "triton", False), (True, "triton", True), (False, "triton", True), (False, "torch", False)
+    ):  # fmt: skip
         cfg = EngineConfig(
             model=tiny_spec("qwen3"),
             device="cuda",
@@ -203,6 +207,7 @@ def test_graphs_and_eager_and_torch_backend_generate_the_same() -> None:
             max_num_batched_tokens=32,
             cuda_graphs=graphs,
             attention_backend=backend,
+            async_scheduling=overlap,
             seed=5,
         )
         eng = LLMEngine(cfg)
@@ -214,7 +219,7 @@ def test_graphs_and_eager_and_torch_backend_generate_the_same() -> None:
         res2 = eng.generate(prompts, [hot if i % 2 else SamplingParams(max_tokens=24, ignore_eos=True)
                                       for i in range(len(prompts))])  # fmt: skip
         outs.append([o.output_token_ids for o in res] + [o.output_token_ids for o in res2])
-    assert outs[0] == outs[1] == outs[2]
+    assert outs[0] == outs[1] == outs[2] == outs[3]
     assert outs[0][1] != outs[0][len(prompts) + 1]  # the sampled request did not decode greedily
 
 
