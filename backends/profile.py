@@ -21,7 +21,9 @@ The file is JSON with these top-level fields:
                         decode_context, decode_max_context) and the seconds of its schedule, execute
                         and complete phases as served (see `ServingStep`)
 Samples may carry decode_max_context (the longest decode context; absent or 0 = contexts spread
-evenly). Samples, overhead and serving records are written one per line, so a diff of two
+evenly) and device_s (steps that replay a CUDA graph: median device seconds, from CUDA events around
+the graph and the copy of its ids; what a step costs when the host runs ahead, with async scheduling).
+Samples, overhead and serving records are written one per line, so a diff of two
 profiles reads row by row and an error in a hand-edited file points at its line.
 `Profile.load(Profile.save(p))` equals `p` exactly (floats are written with Python's shortest
 round-tripping repr).
@@ -134,6 +136,7 @@ class ShapeSample:
     times_s: tuple[float, ...]  # every timed repeat, in order
     median_s: float
     decode_max_context: int = 0  # longest decode context; 0: the contexts are spread evenly
+    device_s: float | None = None  # graph steps: median device seconds (events), else None
 
     @property
     def shape(self) -> BatchShape:
@@ -563,8 +566,9 @@ def _read_shape(r: _Reader, s: dict, path: tuple) -> tuple[tuple[tuple[int, int]
 def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     s = r.obj(s, path)
     r.no_extra(
-        s, path, {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s"}
-    )
+        s, path,
+        {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s", "device_s"},
+    )  # fmt: skip
     prefill, nd, ctx, mx = _read_shape(r, s, path)
     times_raw = r.get(s, path, "times_s", list)
     if not times_raw:
@@ -576,7 +580,11 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     want = statistics.median(times)
     if not math.isclose(med, want, rel_tol=1e-9, abs_tol=0.0):
         raise ProfileError(path + ("median_s",), f"is {med!r} but the median of times_s is {want!r}")
-    return ShapeSample(prefill, nd, ctx, times, med, mx)
+    dev = None
+    if "device_s" in s:
+        dev = r.get(s, path, "device_s", float)
+        _positive(dev, path + ("device_s",))
+    return ShapeSample(prefill, nd, ctx, times, med, mx, dev)
 
 
 def _read_serving(r: _Reader, t: Any, path: tuple) -> ServingStep:
@@ -600,6 +608,8 @@ def _sample_dict(s: ShapeSample) -> dict[str, Any]:
         d["decode_max_context"] = s.decode_max_context
     d["times_s"] = list(s.times_s)
     d["median_s"] = s.median_s
+    if s.device_s is not None:
+        d["device_s"] = s.device_s
     return d
 
 

@@ -57,6 +57,7 @@ class Launched:
     rows: list[int] | None  # their rows among the n (None: all of them, in order)
     logits: torch.Tensor | None  # the step's logits rows (rows index them too); valid until the next launch
     t0: float  # when the launch began (perf_counter)
+    timed: bool = False  # device time recorded (`ModelRunner.time_device`, graph steps)
 
 
 def make_backend(name: str, device: Device, spec: DecoderSpec) -> AttentionBackend:
@@ -143,6 +144,16 @@ class ModelRunner:
         self._events = [torch.cuda.Event() for _ in range(2)] if cuda else None
         self._slot = 0
         self._sources: dict[int, int] = {}  # request id -> its row of `sampled` in the last launch
+        # With time_device (CUDA), graph steps are timed on the device too, from after their inputs
+        # are staged to after their ids are copied back (`last_device_seconds`; None for eager steps,
+        # whose device timeline waits on Python's launches): what a step costs when the host runs ahead.
+        self.time_device = False
+        self.last_device_seconds: float | None = None
+        self._timers = (
+            [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(2)]
+            if cuda
+            else None
+        )
         # request id -> params of requests that do not decode greedily (absent = greedy, the
         # common case, which then costs no lookup work per step)
         self.sampling: dict[int, SamplingParams] = {}
@@ -248,18 +259,26 @@ class ModelRunner:
         logits: torch.Tensor | None = None
         g = self.graphs
         sg = self.step_graphs
+        slot = self._slot ^ 1
+        timed = self.time_device and self._timers is not None
         if batch.is_empty:
             seqs: list[Sequence] = []
+            timed = False
         elif g is not None and g.accepts(batch.num_new_tokens):
             size, rows = g.load(batch.seqs, self._sources)
+            if timed:
+                self._timers[slot][0].record()
             g.graphs[size][0].replay()
             seqs = batch.seqs if rows is None else [batch.seqs[i] for i in rows]
             logits = g.logits(size)
         elif sg is not None and (t := sg.bucket(batch)) is not None:
             _, seqs = sg.load(batch, t, self._sources)
+            if timed:
+                self._timers[slot][0].record()
             sg.graphs[t][0].replay()
             logits = sg.logits(t)
         else:
+            timed = False
             inp = self.prepare(batch, self._sources)
             hidden = self.forward_hidden(inp)
             seqs = inp.sample_seqs
@@ -268,16 +287,17 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden.index_select(0, idx))
                 torch.argmax(logits, dim=-1, out=self.sampled[: len(seqs)])
         n = len(seqs) if rows is None else len(batch.seqs)
-        self._slot ^= 1
-        slot = self._slot
+        self._slot = slot
         if n:
             self._out[slot][:n].copy_(self.sampled[:n], non_blocking=True)
+        if timed:
+            self._timers[slot][1].record()
         if self._events is not None:
             self._events[slot].record()
         self._sources = {s.id: i for i, s in enumerate(seqs)} if rows is None else {
             s.id: r for s, r in zip(seqs, rows, strict=True)
         }
-        return Launched(n, slot, seqs, rows, logits, t0)
+        return Launched(n, slot, seqs, rows, logits, t0, timed)
 
     def collect(self, step: Launched) -> list[int]:
         """Wait for a launched step and return its sampled ids (requests that do not decode
@@ -295,6 +315,11 @@ class ModelRunner:
             assert step.logits is not None
             self._resample(tokens, step.seqs, step.logits, rows)
         self.last_step_seconds = time.perf_counter() - step.t0
+        if step.timed:
+            start, end = self._timers[step.slot]
+            self.last_device_seconds = start.elapsed_time(end) / 1e3
+        else:
+            self.last_device_seconds = None
         return tokens
 
     def _resample(

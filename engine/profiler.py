@@ -482,6 +482,7 @@ def profile_runner(
         return time_budget_s is not None and time.perf_counter() - t_start > time_budget_s
 
     times: list[list[float]] = [[] for _ in shapes]
+    device: list[list[float]] = [[] for _ in shapes]  # graph steps' device seconds
     overhead: dict[int, OverheadSample] = {}
     with torch.inference_mode():
         # Warm-up, shape by shape: Triton compiles each new specialisation here, cuBLAS picks its
@@ -505,9 +506,13 @@ def profile_runner(
                 if i not in overhead or spent():
                     continue
                 batch = build_batch(shape, kv, synth)
+                runner.time_device = True
                 try:
                     times[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
+                    if runner.last_device_seconds is not None:
+                        device[i].append(runner.last_device_seconds)
                 finally:
+                    runner.time_device = False
                     release(batch, kv)
             say(
                 f"round {r + 1}/{repeats}: {sum(1 for t in times if len(t) > r)} of {len(shapes)} "
@@ -526,6 +531,7 @@ def profile_runner(
                 tuple(times[i]),
                 statistics.median(times[i]),
                 shape.decode_max_context,
+                statistics.median(device[i]) if device[i] else None,
             )
         )
         over.append(overhead[i])

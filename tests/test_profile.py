@@ -71,7 +71,7 @@ def small_profile() -> Profile:
     return Profile(
         header(),
         [
-            sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]),
+            replace(sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]), device_s=0.2875),
             sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]),
             sample([(100, 4096), (7, 0)], 3, 99, [0.05, 0.051]),
             replace(sample([], 3, 3000, [0.02]), decode_max_context=2500),  # uneven contexts
@@ -98,6 +98,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert [s.kind for s in q.samples] == ["decode", "prefill", "mixed", "decode"]
     assert q.counts() == {"decode": 2, "prefill": 1, "mixed": 1}
     assert q.samples[3].shape.decode_max_context == 2500
+    assert q.samples[0].device_s == 0.2875 and q.samples[1].device_s is None
     assert q.serving[0].shape.decode_max_context == 4000 and q.serving[0].as_sample().kind == "mixed"
     # Files written before the serving phase existed still load.
     d = json.loads(path.read_text())
@@ -193,6 +194,11 @@ def _line_of(path: Path, needle: str, nth: int = 0) -> int:
             lambda d: d["samples"][3].__setitem__("decode_max_context", 900),
             "samples[3].decode_max_context",
             '"decode_max_context": 900',
+        ),
+        (
+            lambda d: d["samples"][0].__setitem__("device_s", 0.0),
+            "samples[0].device_s",
+            '"device_s": 0.0',
         ),
         (
             lambda d: d["serving"][1].__setitem__("execute_s", 0.0),
