@@ -887,6 +887,27 @@ class CalibratedCostModel:
             f"serving phase: mean {1e6 * ys.mean():.0f} + {1e6 * yc.mean():.0f} us per iteration"
         )
 
+    def _fit_graph_host(self) -> None:
+        """Host seconds of a graph step (staging its inputs, reading its ids back): the profiled wall
+        time less the device time (`ShapeSample.device_s`), a line in the number of sequences per kind
+        of graph (decode, step), by non-negative least squares on seconds. Unknown (absent) when the
+        profile has no device times: then async scheduling cannot be simulated from it."""
+        pts: dict[str, list[tuple[int, float]]] = {"decode": [], "step": []}
+        for s in self.profile.samples:
+            if s.device_s is not None:
+                kind = "decode" if self.as_decode(s.shape) is not None else "step"
+                pts[kind].append((s.shape.num_seqs, max(0.0, s.median_s - s.device_s)))
+        self._graph_host: dict[str, tuple[float, float]] = {}
+        for kind, rows in pts.items():
+            if len({n for n, _ in rows}) < 2:
+                continue
+            c = _nnls_absolute(np.array([[1.0, float(n)] for n, _ in rows]), np.array([h for _, h in rows]))
+            self._graph_host[kind] = (float(c[0]), float(c[1]))
+            self.notes.append(
+                f"host part of a {kind} graph step (wall less device time, {len(rows)} samples): "
+                f"{1e6 * c[0]:.0f} + {1e6 * c[1]:.2f} us per sequence"
+            )
+
     def _overhead(self, s: int, p: int, ptok: int, nd: int) -> float:
         """Scheduler plus bookkeeping seconds of an iteration of s sequences, p of them prefilling
         ptok tokens, nd decoding: each new token is hashed once, when its block fills."""
@@ -909,6 +930,7 @@ class CalibratedCostModel:
         self.prefill_fit = self._fit_eager(pre)
         self._fit_eager_scale([s for s in serving if self.as_decode(s.shape) is None])
         self._fit_overhead()
+        self._fit_graph_host()
         if self.splits_apply:
             plan = {k: self.splits(k) for k in self._dec_keys}
             if self.sm_range is not None:
@@ -975,6 +997,33 @@ class CalibratedCostModel:
             got = (a + self._overhead(num_decode, 0, 0, num_decode), b, c, g)
             self._decode_cache[num_decode] = got
         return got
+
+    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
+        """`CostModel.overlap_parts`: a graph step's device work is its execute time less its host part
+        (`_fit_graph_host`), which runs after the scheduler's decision; an eager step's kernels run
+        as Python launches them, so its device work is its execute time from the scheduler's decision
+        on, and the host is busy launching meanwhile. The bookkeeping comes after the wait."""
+        p = self.parts(shape)
+        if not shape.num_seqs:
+            return 0.0, 0.0, 0.0, 0.0
+        sched, ex, comp = p["schedule"], p["execute"], p["complete"]
+        d = self.as_decode(shape)
+        if d is not None:
+            kind = "decode" if self.buckets and d[0] <= self.buckets[-1] else None
+        else:
+            kind = "step" if self.step_bucket(shape) is not None else None
+        if kind is not None:
+            line = self._graph_host.get(kind)
+            if line is None:
+                raise ValueError(
+                    f"{self.profile_path or 'profile'}: no device times of {kind} graph steps "
+                    "(samples' device_s); profile again with this version to simulate async scheduling"
+                )
+            h = min(ex, line[0] + line[1] * shape.num_seqs)
+            return sched + h, 0.0, ex - h, comp
+        if d is not None or not self.overlapped:  # eager decodes (beyond the graphs), CPU devices: serial
+            return sched, ex, ex, comp
+        return sched, self.eager_scale * self._eager_parts(shape)[1], ex, comp
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'

@@ -75,5 +75,14 @@ class CostModel(Protocol):
         finishes, so it must agree with `stage_time` bit for bit."""
         ...
 
+    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
+        """(lead, launch, device, after) of an iteration that the replica runs one step ahead (async
+        scheduling, pp = 1): its device work starts `lead` seconds after the loop top that scheduled
+        it or when the previous iteration's device work ends, whichever is later, and lasts `device`;
+        the host launches it until `lead + launch` after the top, waits for the previous iteration,
+        and is free for the next loop top `after` seconds later (the previous one's bookkeeping). With
+        no previous iteration it ends `lead + device` after the top, as `stage_time` less `after`."""
+        ...
+
 
 COST_MODELS: Registry[CostModel] = Registry("cost model")

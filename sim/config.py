@@ -25,6 +25,8 @@ class SimConfig:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
     enable_chunked_prefill: bool = True
+    # Schedule step k+1 while step k runs (the engine's EngineConfig.async_scheduling); pp = 1 only.
+    async_scheduling: bool = False
     # KV cache.
     block_size: int = 16
     num_kv_blocks: int | None = None  # per replica; None = what fits in device memory
@@ -57,6 +59,10 @@ class SimConfig:
         if not isinstance(d, dict):
             raise ValueError(f"{p}: expected a JSON object of config fields")
         return cls.from_dict(d, str(p))
+
+    def __post_init__(self) -> None:
+        if self.async_scheduling and self.pp > 1:
+            raise ValueError("SimConfig.async_scheduling models the one-stage loop: it needs pp = 1")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,7 +32,7 @@ from policies.scheduling.base import SCHEDULERS, SchedulerConfig
 from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import Sequence
 from sim.config import SimConfig
-from sim.replica_core import GroupPlan, ReplicaCore
+from sim.replica_core import GroupPlan, ReplicaCore, StepInFlight
 from sim.results import RunRecorder, RunResult
 from traces.schema import Trace
 
@@ -174,6 +174,9 @@ class Simulation:
         return ev
 
     def _replica(self, core: ReplicaCore):
+        if self.cfg.async_scheduling:
+            yield from self._overlapped_replica(core)
+            return
         if self.cfg.pp > 1:
             yield from self._pipelined_replica(core)
             return
@@ -201,6 +204,43 @@ class Simulation:
             dur = cost.stage_time(core.shape(batch))
             yield env.timeout(dur)
             core.complete(batch, start, start + dur)
+
+    def _overlapped_replica(self, core: ReplicaCore):
+        """The engine's overlapped loop (async scheduling, engine/llm_engine.py): at each loop top the
+        replica schedules on the state the step in flight will leave (`ReplicaCore.advance`),
+        launches, waits for the step in flight and settles it. So a request that arrives while step k
+        runs joins step k+2, and the host's work hides under the device's (`overlap_parts`). Stepped
+        one iteration at a time (no decode-run jumps)."""
+        env = self.env
+        parts = self.cost.overlap_parts
+        prev: tuple[StepInFlight, float] | None = None  # the step in flight, and when its device work ends
+        while True:
+            batch = core.schedule(env.now) if core.has_work else None
+            if batch is None or batch.is_empty:
+                if prev is None:
+                    yield self._wait_for_arrival(core)
+                    core.on_arrival = None
+                    continue
+                fl, end = prev
+                prev = None
+                if end > env.now:
+                    yield env.timeout(end - env.now)
+                core.settle(fl, end)
+                continue
+            top = env.now
+            lead, launch, device, after = parts(core.shape(batch))
+            fl = core.advance(batch, top)
+            start = top + lead
+            free = start + launch
+            if prev is not None:  # wait for the step in flight, then settle it
+                start = max(start, prev[1])
+                free = max(free, prev[1])
+                if prev[1] > env.now:
+                    yield env.timeout(prev[1] - env.now)
+                core.settle(*prev)
+            prev = (fl, start + device)
+            if free + after > env.now:
+                yield env.timeout(free + after - env.now)
 
     def _decode_run(self, core: ReplicaCore, batch, k: int, start: float):
         """Up to k identical decode iterations as one timeout, cut short by an arrival."""

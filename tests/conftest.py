@@ -38,6 +38,9 @@ class LinearCost:
     def decode_line(self, num_decode: int) -> tuple[float, float]:
         return self.fixed + self.per_token * num_decode, self.per_ctx
 
+    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
+        return 0.0, 0.0, self.stage_time(shape), 0.0
+
 
 @pytest.fixture
 def linear_cost() -> LinearCost:

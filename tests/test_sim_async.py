@@ -1,0 +1,100 @@
+"""The simulator's overlapped replica (SimConfig.async_scheduling), mirroring the engine's loop that
+schedules step k+1 while step k runs: the same timeline as stepping when no host time is modelled,
+an arrival joins one step later, and with a calibrated model the host's work hides under the device's."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from backends.calibrated import CalibratedCostModel
+from backends.cost_model import BatchShape
+from benchmarks.metrics import compute_metrics
+from sim.config import SimConfig
+from sim.simulator import simulate
+from tests.conftest import LinearCost
+from tests.test_calibrated import grid, synthetic_profile, true_execute
+from traces.schema import Trace
+
+H0, H1 = 1.5e-4, 2e-6  # host part of a decode graph step: fixed + per sequence (s)
+
+
+def _trace(arrival, prompt, output) -> Trace:
+    return Trace(arrival=np.array(arrival, dtype=float), prompt_len=np.array(prompt),
+                 output_len=np.array(output), name="t")  # fmt: skip
+
+
+def _burst(n: int = 24, seed: int = 0) -> Trace:
+    rng = np.random.default_rng(seed)
+    return _trace(np.zeros(n), rng.integers(20, 3000, n), rng.integers(1, 300, n))
+
+
+def _cfg(**kw) -> SimConfig:
+    return SimConfig(max_num_batched_tokens=2048, max_num_seqs=16, num_kv_blocks=4000, **kw)
+
+
+def test_without_host_time_the_overlapped_loop_keeps_the_stepped_timeline() -> None:
+    trace = _burst()
+    for cost in (None, LinearCost(per_ctx=1e-7)):  # the analytic model and a linear one
+        a = simulate(trace, _cfg(), cost).requests
+        b = simulate(trace, _cfg(async_scheduling=True), cost).requests
+        for col in ("first_token", "finish", "cached_tokens"):  # (scheduled a step earlier: at its start)
+            np.testing.assert_allclose(b[col], a[col], rtol=1e-12, err_msg=col)
+
+
+def test_an_arrival_during_a_step_joins_one_step_later() -> None:
+    # Request 1 arrives while request 0's first chunk runs: stepping schedules it right after that
+    # chunk; the overlapped loop had scheduled the next step already, so it waits one more.
+    trace = _trace([0.0, 0.001], [4000, 50], [20, 20])
+    cost = LinearCost()
+    a = simulate(trace, _cfg(), cost)
+    b = simulate(trace, _cfg(async_scheduling=True), cost)
+    ends_a = np.asarray(a.iterations["end"])
+    ends_b = np.asarray(b.iterations["end"])
+    assert a.requests["first_token"][1] == pytest.approx(ends_a[1])  # in step 2 (second chunk of 0)
+    assert b.requests["first_token"][1] == pytest.approx(ends_b[2])  # in step 3
+    assert b.requests["first_token"][1] > a.requests["first_token"][1]
+
+
+def _profile_with_device_times():
+    prof = synthetic_profile()
+    samples = []
+    for s in prof.samples:
+        if not s.prefill:  # decode graph steps: device time = wall less the host line
+            s = replace(s, device_s=s.median_s - (H0 + H1 * s.num_decode))
+        samples.append(s)
+    return replace(prof, samples=samples)
+
+
+def test_calibrated_model_hides_the_host_under_the_device() -> None:
+    m = CalibratedCostModel(profile=_profile_with_device_times())
+    assert m._graph_host["decode"] == pytest.approx((H0, H1), rel=1e-6)
+    shape = BatchShape([], 32, 32 * 1000)
+    p = m.parts(shape)
+    lead, launch, device, after = m.overlap_parts(shape)
+    host = H0 + H1 * 32
+    assert device == pytest.approx(true_execute(shape) - host, rel=1e-6)
+    assert lead == pytest.approx(p["schedule"] + host) and launch == 0.0 and after == p["complete"]
+    # an eager step: its launches keep the host busy while its kernels run
+    big = BatchShape([(2000, 0)], 8, 8 * 500)
+    lead, launch, device, after = m.overlap_parts(big)
+    assert device == pytest.approx(m.parts(big)["execute"])
+    assert launch > 0 and lead == m.parts(big)["schedule"]
+    # serving: the overlapped loop is faster by about the host's share of decode steps
+    trace = _trace(np.zeros(16), [200] * 16, [400] * 16)
+    t_sync = compute_metrics(simulate(trace, _cfg(), m))["duration_s"]
+    t_async = compute_metrics(simulate(trace, _cfg(async_scheduling=True), m))["duration_s"]
+    assert t_async < t_sync
+    p16 = m.parts(BatchShape([], 16, 16 * 400))
+    per_step = p16["schedule"] + p16["complete"] + H0 + H1 * 16
+    assert (t_sync - t_async) / 400 == pytest.approx(per_step, rel=0.1)
+
+
+def test_a_profile_without_device_times_cannot_simulate_async() -> None:
+    m = CalibratedCostModel(profile=synthetic_profile(shapes=grid()))
+    with pytest.raises(ValueError, match="device_s"):
+        m.overlap_parts(BatchShape([], 4, 400))
+    with pytest.raises(ValueError, match="pp = 1"):
+        SimConfig(pp=2, async_scheduling=True)
