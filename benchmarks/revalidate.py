@@ -359,7 +359,8 @@ def recompute(
     label_runs(measured, predicted, cost)
     say(f"{run}: rebuilding {len(measured.iterations['start'])} iteration shapes")
     shapes = replay_shapes(measured, trace, cfg)
-    table = iteration_table(measured, shapes, _read_column(run / "iterations.csv", "execute_s"), cost)
+    execute_s = _read_column(run / "iterations.csv", "execute_s")
+    table = iteration_table(measured, shapes, execute_s, cost, overlapped=cfg.async_scheduling)
     kept = [n for n in old.get("notes", []) if not n.startswith(("PNG export skipped", "recomputed "))]
     kept = [n for n in kept if n not in cost.notes]
     notes = kept + notes + list(cost.notes)

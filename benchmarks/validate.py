@@ -141,6 +141,7 @@ POLICY_KEYS = frozenset(
         "num_kv_blocks",
         "max_model_len",
         "gpu_memory_utilization",
+        "async_scheduling",
     }
 )
 _SHORT_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -194,6 +195,7 @@ def mirror_sim_config(engine: LLMEngine, overrides: dict | None = None) -> SimCo
         num_kv_blocks=runner.num_blocks,
         enable_prefix_caching=engine.kv.enable_prefix_caching,
         max_model_len=engine.max_model_len,
+        async_scheduling=engine.config.async_scheduling,
     )
     for k, v in (overrides or {}).items():
         if k not in OVERRIDABLE:
@@ -217,6 +219,7 @@ def mirror_table(engine: LLMEngine, cfg: SimConfig) -> dict[str, list]:
         "enable_chunked_prefill": [sc.enable_chunked_prefill, cfg.enable_chunked_prefill],
         "enable_prefix_caching": [engine.kv.enable_prefix_caching, cfg.enable_prefix_caching],
         "max_model_len": [engine.max_model_len, cfg.max_model_len],
+        "async_scheduling": [engine.config.async_scheduling, cfg.async_scheduling],
         "replicas / tp / pp": ["1 / 1 / 1", f"{cfg.num_replicas} / {cfg.tp} / {cfg.pp}"],
     }
 
@@ -450,7 +453,9 @@ def validate(
             "were executed"
         )
     shapes = [t.shape for t in steps]
-    table = iteration_table(measured, shapes, np.asarray([t.execute_s for t in steps]), cost)
+    table = iteration_table(
+        measured, shapes, np.asarray([t.execute_s for t in steps]), cost, overlapped=cfg.async_scheduling
+    )
     notes.append(replay_check(measured, trace, cfg, shapes))
     mirror = mirror_table(engine, cfg)
     bad = [k for k, (a, b) in mirror.items() if a != b]
@@ -508,6 +513,12 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-chunked-prefill", action="store_true")
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument(
+        "--async-scheduling",
+        action="store_true",
+        default=None,
+        help="engine and simulator schedule each step while the previous one runs",
+    )
     p.add_argument("--attention-backend", default="auto")
     p.add_argument(
         "--load",

@@ -270,12 +270,21 @@ def per_request(measured: RunResult, predicted: RunResult) -> dict[str, np.ndarr
 
 
 def iteration_table(
-    measured: RunResult, shapes: list[BatchShape], execute_s: np.ndarray, cost: CalibratedCostModel
+    measured: RunResult,
+    shapes: list[BatchShape],
+    execute_s: np.ndarray,
+    cost: CalibratedCostModel,
+    overlapped: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
     the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
     prediction of both for that iteration's shape (`shapes`, from the replay's step log or
-    `replay_shapes`)."""
+    `replay_shapes`).
+
+    `overlapped` (async scheduling): an iteration is scheduled while the previous one runs, so its
+    seconds are its period, the time from the previous iteration's ids (or its own launch) to its own
+    (the step log's execute_s, both columns), and the model's is the slower of the device work and
+    the host's loop (`CostModel.overlap_parts`)."""
     it = measured.iterations
     n = len(it["start"])
     if not n == len(shapes) == len(execute_s):
@@ -283,14 +292,26 @@ def iteration_table(
             f"engine logged {n} iterations but {len(shapes)} shapes and {len(execute_s)} step times "
             "were given"
         )
-    parts = [cost.parts(s) for s in shapes]
+    if overlapped:
+        period = []
+        for s in shapes:
+            lead, launch, device, after = cost.overlap_parts(s)
+            period.append(max(device, lead + launch + after))
+        measured_s = np.asarray(execute_s, dtype=np.float64)
+        predicted_s = predicted_execute_s = predicted_stage_s = np.array(period)
+    else:
+        parts = [cost.parts(s) for s in shapes]
+        measured_s = np.asarray(it["end"], dtype=np.float64) - np.asarray(it["start"], dtype=np.float64)
+        predicted_s = np.array([p["execute"] + p["schedule"] for p in parts])
+        predicted_execute_s = np.array([p["execute"] for p in parts])
+        predicted_stage_s = np.array([cost.stage_time(s) for s in shapes])
     return {
         "start": np.asarray(it["start"], dtype=np.float64),
-        "measured_s": np.asarray(it["end"], dtype=np.float64) - np.asarray(it["start"], dtype=np.float64),
+        "measured_s": measured_s,
         "execute_s": np.asarray(execute_s, dtype=np.float64),
-        "predicted_s": np.array([p["execute"] + p["schedule"] for p in parts]),
-        "predicted_execute_s": np.array([p["execute"] for p in parts]),
-        "predicted_stage_s": np.array([cost.stage_time(s) for s in shapes]),
+        "predicted_s": predicted_s,
+        "predicted_execute_s": predicted_execute_s,
+        "predicted_stage_s": predicted_stage_s,
         "kind": np.array([shape_kind(s) for s in shapes], dtype=object),
         "path": np.array([cost.path(s) for s in shapes], dtype=object),
         "num_seqs": np.array([s.num_seqs for s in shapes], dtype=np.int64),

@@ -216,7 +216,9 @@ class LLMEngine:
         With `step_log`, each iteration appends its shape and the seconds of its three phases
         (`ServingStep`): the top of the loop (admitting arrivals) and the scheduler's decision, the
         runner's step, and the bookkeeping up to the next loop top. Building the record's shape is
-        taken out of the engine clock, so logging does not move the timeline."""
+        taken out of the engine clock, so logging does not move the timeline. With async scheduling
+        the phases overlap: only execute_s is logged, the step's period (from the previous step's
+        ids, or its own launch when later, to its own ids), and the other two are 0."""
         core = self._core(len(trace))
         runner = self.runner
         runner.sampling.clear()
@@ -227,21 +229,25 @@ class LLMEngine:
         # the server's, and no cost model should have to account for it.
         prompts = [synthesize_prompt(trace.request(i), vocab, seed) for i in range(n)]
         lag = self._lag()
-        if lag and step_log is not None:
-            raise ValueError("step_log times the loop's phases one step at a time: turn async_scheduling off")
         nxt = 0
         skipped = 0.0
         t0 = time.perf_counter()
         iterations = 0
         last: list | None = None  # the logged step whose bookkeeping phase is still open
-        inflight: deque[tuple[StepInFlight, Launched]] = deque()
+        inflight: deque[tuple[StepInFlight, Launched, list | None]] = deque()
+        last_ids = 0.0  # when the last settled step's ids came back (perf_counter)
 
         def settle_oldest() -> None:
-            nonlocal iterations
-            fl, h = inflight.popleft()
+            nonlocal iterations, last_ids
+            fl, h, rec = inflight.popleft()
             tokens = runner.collect(h)
-            core.settle(fl, time.perf_counter() - t0 + skipped, tokens)
+            t_ids = time.perf_counter()
+            core.settle(fl, t_ids - t0 + skipped, tokens)
             iterations += 1
+            if rec is not None:  # its period: from the previous ids (or its own launch) to its ids
+                rec[5] = t_ids - max(last_ids, rec[5])
+                step_log.append(ServingStep(*rec))  # type: ignore[union-attr]
+            last_ids = t_ids
 
         while nxt < n or core.has_work or inflight:
             top = time.perf_counter()
@@ -271,8 +277,15 @@ class LLMEngine:
                     skipped += max(0.0, float(arrivals[nxt]) - now)
                 continue
             if lag:
+                rec = None
+                if step_log is not None:  # phases overlap: only the step's period is logged (execute)
+                    t_s = time.perf_counter()
+                    sh = core.shape(batch)
+                    rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context, 0.0,
+                           time.perf_counter(), 0.0]  # fmt: skip
+                    skipped -= rec[5] - t_s  # the log's own time is not the engine's
                 h = runner.launch(batch)
-                inflight.append((core.advance(batch, now), h))
+                inflight.append((core.advance(batch, now), h, rec))
                 if len(inflight) > lag:
                     settle_oldest()
                 continue

@@ -87,14 +87,18 @@ def serving_workload(
 def profile_serving(
     engine: LLMEngine, samples: list[ShapeSample], seconds: float, seed: int = 0
 ) -> tuple[list[ServingStep], str]:
-    """Replay the ramp workload on `engine` for `seconds` of engine time; returns the step log and
-    a note for the profile header. The engine's block manager is reset before and after."""
+    """Replay the ramp workload on `engine` for `seconds` of engine time, one step at a time (async
+    scheduling off for it); returns the step log and a note for the profile header. The engine's
+    block manager is reset before and after."""
     trace, cap = serving_workload(samples, engine.max_model_len, seconds, seed)
     engine.reset_kv()
     steps: list[ServingStep] = []
+    overlap = engine.config.async_scheduling
+    engine.config.async_scheduling = False  # the phases are timed one step at a time
     try:
         res = engine.replay(trace, seed=seed, time_limit=seconds, step_log=steps)
     finally:
+        engine.config.async_scheduling = overlap
         engine.reset_kv()  # a replay cut by its time limit leaves sequences holding blocks
     done = int((res.requests["status"] == "finished").sum())
     ln = workload_lengths(engine.max_model_len)

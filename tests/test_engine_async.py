@@ -91,5 +91,11 @@ def test_async_replay_serves_every_request_in_full() -> None:
     assert len(res.iterations["start"]) == res.meta["iterations"] > 0
     assert (np.diff(res.iterations["end"]) >= 0).all()
     eng.kv.check_invariants()
-    with pytest.raises(ValueError, match="async_scheduling"):
-        eng.replay(trace, step_log=[])
+    eng.reset_kv()
+    log: list = []
+    res = eng.replay(trace, step_log=log)
+    assert len(log) == res.meta["iterations"]  # one per iteration: its shape and its period
+    assert all(t.execute_s > 0 and t.schedule_s == 0 == t.complete_s for t in log)
+    assert sum(t.num_tokens for t in (x.as_sample().shape for x in log)) == sum(
+        int(p) + int(o) - 1 for p, o in zip(trace.prompt_len, trace.output_len, strict=True)
+    ) - int(res.requests["cached_tokens"].sum())  # every computed token was logged once

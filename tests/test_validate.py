@@ -443,3 +443,26 @@ def test_validate_repeats_serves_the_slice_again(run, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         validate(tiny_trace(4), engine_config(), profile=out / "profile.json", repeats=0)
 
+
+
+def test_async_validation_mirrors_the_overlapped_loop_and_recomputes(tmp_path: Path) -> None:
+    """With async scheduling, engine and simulator both run one step ahead; the iteration table
+    holds periods; a recompute rebuilds the same shapes and prediction."""
+    path = write_trace(tiny_trace(12, seed=3), tmp_path / "t.jsonl")
+    res = validate(
+        load_trace(path),
+        engine_config(async_scheduling=True),
+        profile_grid=ProfileGrid.quick(),
+        profile_repeats=1,
+        profile_warmup=1,
+        out_dir=tmp_path / "report",
+        png=False,
+        trace_spec={"trace": str(path)},
+    )
+    assert res.errors["mirror"]["async_scheduling"] == [True, True] and res.sim_config.async_scheduling
+    assert (res.measured.requests["status"] == "finished").all()
+    assert (res.iterations["measured_s"] > 0).all()
+    np.testing.assert_array_equal(res.iterations["measured_s"], res.iterations["execute_s"])
+    again = recompute(tmp_path / "report", out_dir=tmp_path / "re", png=False)
+    np.testing.assert_array_equal(again.predicted.requests["finish"], res.predicted.requests["finish"])
+    np.testing.assert_array_equal(again.iterations["num_seqs"], res.iterations["num_seqs"])
