@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 from backends.accelerators import AcceleratorSpec, get_accelerator
-from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
+from backends.cost_model import COST_MODELS, BatchShape, OverlapParts, ParallelLayout
 from backends.models import ModelArch, get_model
 
 _WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
@@ -322,9 +322,9 @@ class AnalyticCostModel:
             + self._overhead
         )
 
-    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
+    def overlap_parts(self, shape: BatchShape) -> OverlapParts:
         """The whole iteration is device work: this model has no host time to hide."""
-        return 0.0, 0.0, self.stage_time(shape), 0.0
+        return OverlapParts(0.0, 0.0, self.stage_time(shape), 0.0, True)
 
     def decode_line(self, num_decode: int) -> tuple[float, float]:
         """(a, b): a pure-decode stage costs a + b * decode_context, bit for bit as `stage_time` computes

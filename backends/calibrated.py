@@ -118,7 +118,7 @@ import numpy as np
 from scipy.optimize import least_squares, nnls
 
 from backends.accelerators import AcceleratorSpec
-from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
+from backends.cost_model import COST_MODELS, BatchShape, OverlapParts, ParallelLayout
 from backends.models import ModelArch, get_model
 from backends.profile import MODEL_SHAPE_FIELDS, OverheadSample, Profile, ShapeSample, canonical_dtype
 
@@ -998,14 +998,14 @@ class CalibratedCostModel:
             self._decode_cache[num_decode] = got
         return got
 
-    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
+    def overlap_parts(self, shape: BatchShape) -> OverlapParts:
         """`CostModel.overlap_parts`: a graph step's device work is its execute time less its host part
-        (`_fit_graph_host`), which runs after the scheduler's decision; an eager step's kernels run
-        as Python launches them, so its device work is its execute time from the scheduler's decision
-        on, and the host is busy launching meanwhile. The bookkeeping comes after the wait."""
+        (`_fit_graph_host`), which runs after the scheduler's decision; an eager step's kernels run as
+        Python launches them: its device and launch parts are those of `_eager_parts` (scaled), and it
+        lasts the slower of the two, as in `stage_time`. The bookkeeping comes after the wait."""
         p = self.parts(shape)
         if not shape.num_seqs:
-            return 0.0, 0.0, 0.0, 0.0
+            return OverlapParts(0.0, 0.0, 0.0, 0.0, True)
         sched, ex, comp = p["schedule"], p["execute"], p["complete"]
         d = self.as_decode(shape)
         if d is not None:
@@ -1020,10 +1020,11 @@ class CalibratedCostModel:
                     "(samples' device_s); profile again with this version to simulate async scheduling"
                 )
             h = min(ex, line[0] + line[1] * shape.num_seqs)
-            return sched + h, 0.0, ex - h, comp
+            return OverlapParts(sched + h, 0.0, ex - h, comp, True)
         if d is not None or not self.overlapped:  # eager decodes (beyond the graphs), CPU devices: serial
-            return sched, ex, ex, comp
-        return sched, self.eager_scale * self._eager_parts(shape)[1], ex, comp
+            return OverlapParts(sched, ex, ex, comp, False)
+        g, c = self._eager_parts(shape)
+        return OverlapParts(sched, self.eager_scale * c, self.eager_scale * g, comp, False)
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'

@@ -7,7 +7,7 @@ profile implement the same protocol, picked by name through `COST_MODELS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from policies.registry import Registry
 
@@ -53,6 +53,16 @@ class BatchShape:
         return self.num_decode + len(self.prefill)
 
 
+class OverlapParts(NamedTuple):
+    """An iteration's seconds as the overlapped loop spends them (`CostModel.overlap_parts`)."""
+
+    lead: float
+    launch: float
+    device: float
+    after: float
+    graphed: bool
+
+
 @runtime_checkable
 class CostModel(Protocol):
     name: str
@@ -75,13 +85,17 @@ class CostModel(Protocol):
         finishes, so it must agree with `stage_time` bit for bit."""
         ...
 
-    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
-        """(lead, launch, device, after) of an iteration that the replica runs one step ahead (async
-        scheduling, pp = 1): its device work starts `lead` seconds after the loop top that scheduled
-        it or when the previous iteration's device work ends, whichever is later, and lasts `device`;
-        the host launches it until `lead + launch` after the top, waits for the previous iteration,
-        and is free for the next loop top `after` seconds later (the previous one's bookkeeping). With
-        no previous iteration it ends `lead + device` after the top, as `stage_time` less `after`."""
+    def overlap_parts(self, shape: BatchShape) -> OverlapParts:
+        """(lead, launch, device, after, graphed) of an iteration that the replica runs one step ahead (async
+        scheduling, pp = 1). From the loop top that schedules it, the host works `lead` seconds
+        (scheduling, staging) and then launches it for `launch` more (eager kernels launched from
+        Python; 0 for a graph). Its device work starts at top + lead or when the previous iteration's
+        ends, whichever is later, lasts `device`, and ends no earlier than its last launch. Then the
+        host collects the previous iteration's ids (waiting for its device work if needed: that is
+        when its tokens reach clients) and does its bookkeeping, `after` seconds, before the next loop
+        top. With nothing in flight it ends lead + max(device, launch) after the top: `stage_time`
+        less `after`. `graphed`: the engine replays a CUDA graph for it (async scheduling "graphs"
+        launches only those ahead; an eager one first collects the step in flight)."""
         ...
 
 

@@ -7,8 +7,8 @@ Cases (random bf16 weights of a catalog architecture, Llama-3.1-8B by default):
   (the engine's FCFS scheduler with chunked prefill);
 - prefill of 8 x 2048 tokens in one step, in TFLOP/s, against a measured 8192^3 bf16 matmul;
 - the same decode and batch-64 cases through `transformers` `generate`, when it is installed;
-- the engine's own loop (`generate`: scheduler and bookkeeping included) one step at a time and
-  with async scheduling (EngineConfig.async_scheduling), back to back in the same run: batch-1
+- the engine's own loop (`generate`: scheduler and bookkeeping included) in each async scheduling
+  mode (EngineConfig.async_scheduling: off, graphs, all), back to back in the same run: batch-1
   decode, batch 64 and the Azure requests.
 
 Usage: python -m benchmarks.bench_engine [--model llama-3.1-8b] [--out benchmarks/results/engine_<card>.json]
@@ -32,6 +32,7 @@ from engine.sampling import SamplingParams
 from policies.kv.block_manager import BlockManager
 from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import Sequence
+from sim.config import ASYNC_MODES
 from traces.schema import Request
 
 
@@ -136,7 +137,7 @@ def decode_batch1_loop(eng: LLMEngine, prompt_len: int = 512, steps: int = 256, 
 
 
 def loop_modes(eng: LLMEngine, roofline, azure_trace: str | None) -> dict:
-    """The engine's loop one step at a time and one step ahead, case by case back to back."""
+    """The engine's loop in each async scheduling mode (off, graphs, all), case by case back to back."""
     out: dict = {}
     cases = (
         ("decode_batch1", lambda: decode_batch1_loop(eng)),
@@ -144,18 +145,18 @@ def loop_modes(eng: LLMEngine, roofline, azure_trace: str | None) -> dict:
         ("azure_1000", lambda: azure_throughput(eng, 1000, azure_trace)),
     )
     for key, fn in cases:
-        for mode in (False, True):
+        for mode in ASYNC_MODES:
             eng.config.async_scheduling = mode
             try:
                 r = fn()
             finally:
-                eng.config.async_scheduling = False
+                eng.config.async_scheduling = "off"
             if key == "decode_batch1":
                 r["fraction_of_roofline"] = r["tokens_per_s"] / roofline(r["mean_context"])
-            out.setdefault(key, {})["async" if mode else "sync"] = r
-        a, b = out[key]["async"], out[key]["sync"]
+            out.setdefault(key, {})[mode] = r
         speed = "tokens_per_s" if key == "decode_batch1" else "output_tokens_per_s"
-        out[key]["async_over_sync"] = a[speed] / b[speed]
+        for mode in ASYNC_MODES[1:]:
+            out[key][f"{mode}_over_off"] = out[key][mode][speed] / out[key]["off"][speed]
         print("loop", key, out[key], flush=True)
     return out
 

@@ -360,7 +360,7 @@ def recompute(
     say(f"{run}: rebuilding {len(measured.iterations['start'])} iteration shapes")
     shapes = replay_shapes(measured, trace, cfg)
     execute_s = _read_column(run / "iterations.csv", "execute_s")
-    table = iteration_table(measured, shapes, execute_s, cost, overlapped=cfg.async_scheduling)
+    table = iteration_table(measured, shapes, execute_s, cost, async_scheduling=cfg.async_scheduling)
     kept = [n for n in old.get("notes", []) if not n.startswith(("PNG export skipped", "recomputed "))]
     kept = [n for n in kept if n not in cost.notes]
     notes = kept + notes + list(cost.notes)

@@ -79,7 +79,7 @@ from benchmarks.validation_errors import (
     summarize,
 )
 from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
-from sim.config import SimConfig
+from sim.config import ASYNC_MODES, SimConfig
 from sim.results import RunResult
 from sim.simulator import Simulation
 from traces.schema import Trace
@@ -453,9 +453,8 @@ def validate(
             "were executed"
         )
     shapes = [t.shape for t in steps]
-    table = iteration_table(
-        measured, shapes, np.asarray([t.execute_s for t in steps]), cost, overlapped=cfg.async_scheduling
-    )
+    execute_s = np.asarray([t.execute_s for t in steps])
+    table = iteration_table(measured, shapes, execute_s, cost, async_scheduling=cfg.async_scheduling)
     notes.append(replay_check(measured, trace, cfg, shapes))
     mirror = mirror_table(engine, cfg)
     bad = [k for k, (a, b) in mirror.items() if a != b]
@@ -515,9 +514,11 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument(
         "--async-scheduling",
-        action="store_true",
-        default=None,
-        help="engine and simulator schedule each step while the previous one runs",
+        nargs="?",
+        const="graphs",
+        choices=ASYNC_MODES,
+        help="engine and simulator schedule each step while the previous one runs: 'graphs' (the "
+        "default when given: CUDA-graph steps only) or 'all'",
     )
     p.add_argument("--attention-backend", default="auto")
     p.add_argument(

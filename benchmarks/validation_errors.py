@@ -274,17 +274,18 @@ def iteration_table(
     shapes: list[BatchShape],
     execute_s: np.ndarray,
     cost: CalibratedCostModel,
-    overlapped: bool = False,
+    async_scheduling: str = "off",
 ) -> dict[str, np.ndarray]:
     """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
     the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
     prediction of both for that iteration's shape (`shapes`, from the replay's step log or
     `replay_shapes`).
 
-    `overlapped` (async scheduling): an iteration is scheduled while the previous one runs, so its
-    seconds are its period, the time from the previous iteration's ids (or its own launch) to its own
-    (the step log's execute_s, both columns), and the model's is the slower of the device work and
-    the host's loop (`CostModel.overlap_parts`)."""
+    With async scheduling an iteration is scheduled while the previous one runs, so its seconds are
+    its period, the time from the previous iteration's ids (or its own launch) to its own (the step
+    log's execute_s, both columns), and the model's is the slower of its device work and the host's
+    loop around it (`CostModel.overlap_parts`); under "graphs" an eager step, which waits for the
+    step in flight, adds its lead and bookkeeping to that."""
     it = measured.iterations
     n = len(it["start"])
     if not n == len(shapes) == len(execute_s):
@@ -292,11 +293,14 @@ def iteration_table(
             f"engine logged {n} iterations but {len(shapes)} shapes and {len(execute_s)} step times "
             "were given"
         )
-    if overlapped:
+    if async_scheduling != "off":
         period = []
         for s in shapes:
-            lead, launch, device, after = cost.overlap_parts(s)
-            period.append(max(device, lead + launch + after))
+            lead, launch, device, after, graphed = cost.overlap_parts(s)
+            if graphed or async_scheduling == "all":
+                period.append(max(device, lead + launch + after))
+            else:
+                period.append(lead + after + max(device, launch))
         measured_s = np.asarray(execute_s, dtype=np.float64)
         predicted_s = predicted_execute_s = predicted_stage_s = np.array(period)
     else:

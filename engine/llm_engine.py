@@ -10,7 +10,9 @@ Both loops run one step at a time (schedule, launch, wait, bookkeeping), or with
 `EngineConfig.async_scheduling` one step ahead: step n+1 is scheduled on the state that step n
 will leave (`ReplicaCore.advance`: counts moved, PENDING ids, finished-by-length sequences gone)
 and launched before step n's ids are back, which are then settled (`ReplicaCore.settle`) while
-n+1 runs. An iteration then ends when its ids reach the host, as a client would see them.
+n+1 runs. An iteration then ends when its ids reach the host, as a client would see them. Under
+"graphs" an eager step first collects the step in flight: its launch is Python-bound and blocks
+on its input copies, which would hold back that step's tokens.
 """
 
 from __future__ import annotations
@@ -124,7 +126,13 @@ class LLMEngine:
 
     def _lag(self) -> int:
         """Steps left in flight after a launch: 1 with async scheduling (greedy requests only)."""
-        return 1 if self.config.async_scheduling and not self.runner.sampling else 0
+        return 1 if self.config.async_scheduling != "off" and not self.runner.sampling else 0
+
+    def _waits(self, batch) -> bool:
+        """Whether `batch` must wait for the step in flight to be collected before it is launched:
+        under async scheduling "graphs", an eager step (its Python launch would hold back the
+        previous step's ids)."""
+        return self.config.async_scheduling == "graphs" and not self.runner.runs_graph(batch)
 
     # -- offline generation -------------------------------------------------------------------
     def generate(
@@ -170,6 +178,9 @@ class LLMEngine:
                     core.settle(fl, time.perf_counter() - t0, runner.collect(h))
                 continue
             start = time.perf_counter() - t0
+            if lag and inflight and self._waits(batch):
+                fl, h = inflight.popleft()
+                core.settle(fl, time.perf_counter() - t0, runner.collect(h))
             h = runner.launch(batch)
             if lag:
                 inflight.append((core.advance(batch, start), h))
@@ -277,6 +288,8 @@ class LLMEngine:
                     skipped += max(0.0, float(arrivals[nxt]) - now)
                 continue
             if lag:
+                if inflight and self._waits(batch):
+                    settle_oldest()
                 rec = None
                 if step_log is not None:  # phases overlap: only the step's period is logged (execute)
                     t_s = time.perf_counter()

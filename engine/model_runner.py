@@ -249,6 +249,13 @@ class ModelRunner:
         """Run one scheduled step; returns the sampled tokens of finishing sequences, in batch order."""
         return self.collect(self.launch(batch))
 
+    def runs_graph(self, batch: ScheduledBatch) -> bool:
+        """Whether `launch` replays a CUDA graph for this step (decode or step graph), else eager."""
+        g, sg = self.graphs, self.step_graphs
+        if g is not None and g.accepts(batch.num_new_tokens):
+            return True
+        return sg is not None and sg.bucket(batch) is not None
+
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> Launched:
         """Stage and queue one step (decode graph, step graph or eager) without waiting for it.

@@ -94,7 +94,7 @@ def profile_serving(
     engine.reset_kv()
     steps: list[ServingStep] = []
     overlap = engine.config.async_scheduling
-    engine.config.async_scheduling = False  # the phases are timed one step at a time
+    engine.config.async_scheduling = "off"  # the phases are timed one step at a time
     try:
         res = engine.replay(trace, seed=seed, time_limit=seconds, step_log=steps)
     finally:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.config import SimConfig
+from sim.config import ASYNC_MODES, SimConfig
 
 
 def _load_trace(args: argparse.Namespace):
@@ -65,7 +65,10 @@ def _add_slo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-e2e-ms", type=float, help="goodput SLO on E2E latency (ms)")
 
 
-_ASYNC_HELP = "schedule and launch each step while the previous one runs (greedy requests only)"
+_ASYNC_HELP = (
+    "schedule and launch each step while the previous one runs: 'graphs' (the default when given: "
+    "CUDA-graph steps only) or 'all' (greedy requests only)"
+)
 _CONFIG_FLAGS = {
     "model": str, "accelerator": str, "cost_model": str, "profile": str, "dtype": str, "tp": int, "pp": int,
     "num_replicas": int, "router": str, "scheduler": str, "max_num_batched_tokens": int,
@@ -88,7 +91,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
     if args.no_jump:
         d["jump"] = False
     if args.async_scheduling:
-        d["async_scheduling"] = True
+        d["async_scheduling"] = args.async_scheduling
     if args.no_iterations:
         d["record_iterations"] = False
     return SimConfig.from_dict(d, "command line")
@@ -139,7 +142,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching,
         cuda_graphs=not args.no_cuda_graphs,
-        async_scheduling=args.async_scheduling,
+        async_scheduling=args.async_scheduling or "off",
         seed=args.seed,
     )
     engine = LLMEngine(cfg, scheduler=args.scheduler, enable_chunked_prefill=not args.no_chunked_prefill)
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-prefix-caching", action="store_true")
     s.add_argument("--no-chunked-prefill", action="store_true")
     s.add_argument("--no-jump", action="store_true", help="step every iteration (same timeline, slower)")
-    s.add_argument("--async-scheduling", action="store_true", help=_ASYNC_HELP)
+    s.add_argument("--async-scheduling", nargs="?", const="graphs", choices=ASYNC_MODES, help=_ASYNC_HELP)
     s.add_argument("--no-iterations", action="store_true", help="do not record per-iteration rows")
     s.add_argument("--out", default="runs/sim", help="run directory to write")
     s.add_argument("--name", help="run name in reports (default: the --out folder name)")
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-prefix-caching", action="store_true")
     e.add_argument("--no-chunked-prefill", action="store_true")
     e.add_argument("--no-cuda-graphs", action="store_true")
-    e.add_argument("--async-scheduling", action="store_true", help=_ASYNC_HELP)
+    e.add_argument("--async-scheduling", nargs="?", const="graphs", choices=ASYNC_MODES, help=_ASYNC_HELP)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--horizon", type=float, help="stop serving after this many seconds of trace time")
     e.add_argument("--out", default="runs/engine")

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+ASYNC_MODES = ("off", "graphs", "all")  # the engine loop's async scheduling modes
+
 
 @dataclass
 class SimConfig:
@@ -25,8 +27,9 @@ class SimConfig:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
     enable_chunked_prefill: bool = True
-    # Schedule step k+1 while step k runs (the engine's EngineConfig.async_scheduling); pp = 1 only.
-    async_scheduling: bool = False
+    # Schedule step k+1 while step k runs, as the engine's EngineConfig.async_scheduling: "off",
+    # "graphs" (graph steps only) or "all"; pp = 1 only.
+    async_scheduling: str = "off"
     # KV cache.
     block_size: int = 16
     num_kv_blocks: int | None = None  # per replica; None = what fits in device memory
@@ -61,7 +64,11 @@ class SimConfig:
         return cls.from_dict(d, str(p))
 
     def __post_init__(self) -> None:
-        if self.async_scheduling and self.pp > 1:
+        if self.async_scheduling not in ASYNC_MODES:
+            raise ValueError(
+                f"SimConfig.async_scheduling must be one of {ASYNC_MODES}, got {self.async_scheduling!r}"
+            )
+        if self.async_scheduling != "off" and self.pp > 1:
             raise ValueError("SimConfig.async_scheduling models the one-stage loop: it needs pp = 1")
 
     def to_dict(self) -> dict:

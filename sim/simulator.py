@@ -174,7 +174,7 @@ class Simulation:
         return ev
 
     def _replica(self, core: ReplicaCore):
-        if self.cfg.async_scheduling:
+        if self.cfg.async_scheduling != "off":
             yield from self._overlapped_replica(core)
             return
         if self.cfg.pp > 1:
@@ -208,11 +208,13 @@ class Simulation:
     def _overlapped_replica(self, core: ReplicaCore):
         """The engine's overlapped loop (async scheduling, engine/llm_engine.py): at each loop top the
         replica schedules on the state the step in flight will leave (`ReplicaCore.advance`),
-        launches, waits for the step in flight and settles it. So a request that arrives while step k
-        runs joins step k+2, and the host's work hides under the device's (`overlap_parts`). Stepped
-        one iteration at a time (no decode-run jumps)."""
+        launches, waits for the step in flight and settles it: its tokens go out then, after this
+        launch. So a request that arrives while step k runs joins step k+2, and the host's work
+        hides under the device's (`CostModel.overlap_parts`). Stepped one iteration at a time (no
+        decode-run jumps)."""
         env = self.env
         parts = self.cost.overlap_parts
+        graphs_only = self.cfg.async_scheduling == "graphs"
         prev: tuple[StepInFlight, float] | None = None  # the step in flight, and when its device work ends
         while True:
             batch = core.schedule(env.now) if core.has_work else None
@@ -228,19 +230,31 @@ class Simulation:
                 core.settle(fl, end)
                 continue
             top = env.now
-            lead, launch, device, after = parts(core.shape(batch))
+            lead, launch, device, after, graphed = parts(core.shape(batch))
             fl = core.advance(batch, top)
             start = top + lead
-            free = start + launch
-            if prev is not None:  # wait for the step in flight, then settle it
+            if prev is not None and not graphed:
+                if graphs_only:  # an eager step collects the step in flight first, then launches
+                    ids = max(start, prev[1])
+                    if ids > env.now:
+                        yield env.timeout(ids - env.now)
+                    core.settle(prev[0], ids)
+                    prev = None
+                    start = ids + after
+                else:  # "all": its launch blocks on its first input copy until the step in flight ends
+                    start = max(start, prev[1])
+            launched = start + launch
+            ids = launched  # when the host collects the step in flight (and its tokens go out)
+            if prev is not None:
                 start = max(start, prev[1])
-                free = max(free, prev[1])
-                if prev[1] > env.now:
-                    yield env.timeout(prev[1] - env.now)
-                core.settle(*prev)
-            prev = (fl, start + device)
-            if free + after > env.now:
-                yield env.timeout(free + after - env.now)
+                ids = max(ids, prev[1])
+                if ids > env.now:
+                    yield env.timeout(ids - env.now)
+                core.settle(prev[0], ids)
+                ids += after
+            prev = (fl, max(start + device, launched))
+            if ids > env.now:
+                yield env.timeout(ids - env.now)
 
     def _decode_run(self, core: ReplicaCore, batch, k: int, start: float):
         """Up to k identical decode iterations as one timeout, cut short by an arrival."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.cost_model import BatchShape, ParallelLayout
+from backends.cost_model import BatchShape, OverlapParts, ParallelLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = ROOT.parent / "shared" / "traces"
@@ -38,8 +38,8 @@ class LinearCost:
     def decode_line(self, num_decode: int) -> tuple[float, float]:
         return self.fixed + self.per_token * num_decode, self.per_ctx
 
-    def overlap_parts(self, shape: BatchShape) -> tuple[float, float, float, float]:
-        return 0.0, 0.0, self.stage_time(shape), 0.0
+    def overlap_parts(self, shape: BatchShape) -> OverlapParts:
+        return OverlapParts(0.0, 0.0, self.stage_time(shape), 0.0, True)
 
 
 @pytest.fixture

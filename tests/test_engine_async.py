@@ -30,7 +30,7 @@ def _engine(blocks: int, caching: bool = True, **kw) -> LLMEngine:
         EngineConfig(
             model=tiny_spec("llama"), device="cpu", block_size=4, num_kv_blocks=blocks,
             max_num_batched_tokens=16, max_num_seqs=4, enable_prefix_caching=caching,
-            async_scheduling=True, **kw,
+            async_scheduling="all", **kw,
         )  # fmt: skip
     )
 
@@ -99,3 +99,23 @@ def test_async_replay_serves_every_request_in_full() -> None:
     assert sum(t.num_tokens for t in (x.as_sample().shape for x in log)) == sum(
         int(p) + int(o) - 1 for p, o in zip(trace.prompt_len, trace.output_len, strict=True)
     ) - int(res.requests["cached_tokens"].sum())  # every computed token was logged once
+
+
+def test_graphs_mode_runs_eager_steps_one_at_a_time() -> None:
+    """On CPU every step is eager, so "graphs" collects the step in flight before each launch: no
+    id is ever pending at a launch, and the outputs are the oracle's."""
+    eng = _engine(64)
+    eng.config.async_scheduling = "graphs"
+    launch = eng.runner.launch
+    pending_at_launch = []
+
+    def spy(batch):
+        pending_at_launch.append(sum(s.num_pending for s in batch.seqs))
+        return launch(batch)
+
+    eng.runner.launch = spy  # type: ignore[method-assign]
+    prompts = _prompts(4, [7, 19, 3])
+    outs = eng.generate(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
+    sd = hf_state_dict_of(eng.runner.model)
+    assert [o.output_token_ids for o in outs] == [dense_greedy(eng.spec, sd, p, 6) for p in prompts]
+    assert pending_at_launch and not any(pending_at_launch)

@@ -195,7 +195,8 @@ def test_graphs_and_eager_and_torch_backend_and_async_generate_the_same() -> Non
     # async: the next step's inputs take the PENDING ids from the device (decode graphs, step
     # graphs at this token budget, and eager steps), for the greedy generate
     for graphs, backend, overlap in (
-        (True, "triton", False), (True, "triton", True), (False, "triton", True), (False, "torch", False)
+        (True, "triton", "off"), (True, "triton", "graphs"), (True, "triton", "all"),
+        (False, "triton", "all"), (False, "torch", "off"),
     ):  # fmt: skip
         cfg = EngineConfig(
             model=tiny_spec("qwen3"),
@@ -219,7 +220,7 @@ def test_graphs_and_eager_and_torch_backend_and_async_generate_the_same() -> Non
         res2 = eng.generate(prompts, [hot if i % 2 else SamplingParams(max_tokens=24, ignore_eos=True)
                                       for i in range(len(prompts))])  # fmt: skip
         outs.append([o.output_token_ids for o in res] + [o.output_token_ids for o in res2])
-    assert outs[0] == outs[1] == outs[2] == outs[3]
+    assert outs[0] == outs[1] == outs[2] == outs[3] == outs[4]
     assert outs[0][1] != outs[0][len(prompts) + 1]  # the sampled request did not decode greedily
 
 

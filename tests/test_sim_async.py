@@ -4,13 +4,13 @@ an arrival joins one step later, and with a calibrated model the host's work hid
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
 from backends.calibrated import CalibratedCostModel
-from backends.cost_model import BatchShape
+from backends.cost_model import BatchShape, OverlapParts, ParallelLayout
 from benchmarks.metrics import compute_metrics
 from sim.config import SimConfig
 from sim.simulator import simulate
@@ -39,7 +39,7 @@ def test_without_host_time_the_overlapped_loop_keeps_the_stepped_timeline() -> N
     trace = _burst()
     for cost in (None, LinearCost(per_ctx=1e-7)):  # the analytic model and a linear one
         a = simulate(trace, _cfg(), cost).requests
-        b = simulate(trace, _cfg(async_scheduling=True), cost).requests
+        b = simulate(trace, _cfg(async_scheduling="all"), cost).requests
         for col in ("first_token", "finish", "cached_tokens"):  # (scheduled a step earlier: at its start)
             np.testing.assert_allclose(b[col], a[col], rtol=1e-12, err_msg=col)
 
@@ -50,7 +50,7 @@ def test_an_arrival_during_a_step_joins_one_step_later() -> None:
     trace = _trace([0.0, 0.001], [4000, 50], [20, 20])
     cost = LinearCost()
     a = simulate(trace, _cfg(), cost)
-    b = simulate(trace, _cfg(async_scheduling=True), cost)
+    b = simulate(trace, _cfg(async_scheduling="all"), cost)
     ends_a = np.asarray(a.iterations["end"])
     ends_b = np.asarray(b.iterations["end"])
     assert a.requests["first_token"][1] == pytest.approx(ends_a[1])  # in step 2 (second chunk of 0)
@@ -73,19 +73,19 @@ def test_calibrated_model_hides_the_host_under_the_device() -> None:
     assert m._graph_host["decode"] == pytest.approx((H0, H1), rel=1e-6)
     shape = BatchShape([], 32, 32 * 1000)
     p = m.parts(shape)
-    lead, launch, device, after = m.overlap_parts(shape)
+    lead, launch, device, after, graphed = m.overlap_parts(shape)
     host = H0 + H1 * 32
-    assert device == pytest.approx(true_execute(shape) - host, rel=1e-6)
+    assert device == pytest.approx(true_execute(shape) - host, rel=1e-6) and graphed
     assert lead == pytest.approx(p["schedule"] + host) and launch == 0.0 and after == p["complete"]
     # an eager step: its launches keep the host busy while its kernels run
     big = BatchShape([(2000, 0)], 8, 8 * 500)
-    lead, launch, device, after = m.overlap_parts(big)
-    assert device == pytest.approx(m.parts(big)["execute"])
-    assert launch > 0 and lead == m.parts(big)["schedule"]
+    lead, launch, device, after, graphed = m.overlap_parts(big)
+    assert max(device, launch) == pytest.approx(m.parts(big)["execute"])
+    assert launch > 0 and lead == m.parts(big)["schedule"] and not graphed
     # serving: the overlapped loop is faster by about the host's share of decode steps
     trace = _trace(np.zeros(16), [200] * 16, [400] * 16)
     t_sync = compute_metrics(simulate(trace, _cfg(), m))["duration_s"]
-    t_async = compute_metrics(simulate(trace, _cfg(async_scheduling=True), m))["duration_s"]
+    t_async = compute_metrics(simulate(trace, _cfg(async_scheduling="all"), m))["duration_s"]
     assert t_async < t_sync
     p16 = m.parts(BatchShape([], 16, 16 * 400))
     per_step = p16["schedule"] + p16["complete"] + H0 + H1 * 16
@@ -97,4 +97,34 @@ def test_a_profile_without_device_times_cannot_simulate_async() -> None:
     with pytest.raises(ValueError, match="device_s"):
         m.overlap_parts(BatchShape([], 4, 400))
     with pytest.raises(ValueError, match="pp = 1"):
-        SimConfig(pp=2, async_scheduling=True)
+        SimConfig(pp=2, async_scheduling="graphs")
+
+
+@dataclass
+class EagerPrefillCost:
+    """Every prefill step runs eagerly: 50 ms of device work, launched from Python in 10 ms."""
+
+    name: str = "eager-test"
+    layout: ParallelLayout = ParallelLayout()
+
+    def stage_time(self, shape: BatchShape) -> float:
+        return 0.05
+
+    def decode_line(self, num_decode: int) -> tuple[float, float]:
+        return 0.05, 0.0
+
+    def overlap_parts(self, shape: BatchShape) -> OverlapParts:
+        return OverlapParts(0.0, 0.01 if shape.prefill else 0.0, 0.05, 0.0, not shape.prefill)
+
+
+def test_graphs_mode_collects_before_an_eager_step_and_all_mode_waits_for_its_launch() -> None:
+    # Four one-token requests, one 2048-token prefill step each (an eager step apiece).
+    trace = _trace(np.zeros(4), [2048] * 4, [1] * 4)
+    got = {
+        mode: simulate(trace, _cfg(async_scheduling=mode), EagerPrefillCost()).requests["first_token"]
+        for mode in ("off", "graphs", "all")
+    }
+    np.testing.assert_allclose(got["off"], [0.05, 0.10, 0.15, 0.20])
+    np.testing.assert_allclose(got["graphs"], got["off"])  # each step's ids collected at its end
+    # "all": the next step's launch blocks until the step in flight ends, and its ids wait for it
+    np.testing.assert_allclose(got["all"], [0.06, 0.11, 0.16, 0.20])

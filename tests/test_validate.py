@@ -451,7 +451,7 @@ def test_async_validation_mirrors_the_overlapped_loop_and_recomputes(tmp_path: P
     path = write_trace(tiny_trace(12, seed=3), tmp_path / "t.jsonl")
     res = validate(
         load_trace(path),
-        engine_config(async_scheduling=True),
+        engine_config(async_scheduling="all"),
         profile_grid=ProfileGrid.quick(),
         profile_repeats=1,
         profile_warmup=1,
@@ -459,7 +459,8 @@ def test_async_validation_mirrors_the_overlapped_loop_and_recomputes(tmp_path: P
         png=False,
         trace_spec={"trace": str(path)},
     )
-    assert res.errors["mirror"]["async_scheduling"] == [True, True] and res.sim_config.async_scheduling
+    assert res.errors["mirror"]["async_scheduling"] == ["all", "all"]
+    assert res.sim_config.async_scheduling == "all"
     assert (res.measured.requests["status"] == "finished").all()
     assert (res.iterations["measured_s"] > 0).all()
     np.testing.assert_array_equal(res.iterations["measured_s"], res.iterations["execute_s"])
