@@ -908,6 +908,25 @@ class CalibratedCostModel:
                 f"{1e6 * c[0]:.0f} + {1e6 * c[1]:.2f} us per sequence"
             )
 
+    def _fit_eager_launch(self, samples: list[ShapeSample]) -> None:
+        """Host seconds of launching an eager step (`ShapeSample.launch_s`: Python's kernel launches,
+        input staging), fixed + per sequence + per new token, by non-negative least squares on
+        seconds. The eager fit's launch terms cannot stand in: the grid's eager steps are GPU-bound,
+        so max(launch, device) never shows the launch (on an H200 profile they fit to 0), while one
+        step ahead the launch is what holds the host, and so the previous step's tokens and the next
+        decision. None when the profile has no launch times."""
+        rows = [(s.shape.num_seqs, s.shape.num_tokens, s.launch_s) for s in samples if s.launch_s]
+        self._eager_launch: tuple[float, float, float] | None = None
+        if len({(n, t) for n, t, _ in rows}) < 3:
+            return
+        X = np.array([[1.0, float(n), float(t)] for n, t, _ in rows])
+        c = _nnls_absolute(X, np.array([x for _, _, x in rows]))
+        self._eager_launch = (float(c[0]), float(c[1]), float(c[2]))
+        self.notes.append(
+            f"eager launch (host, {len(rows)} samples): {1e3 * c[0]:.2f} ms + {1e6 * c[1]:.1f} us per "
+            f"sequence + {1e6 * c[2]:.2f} us per new token"
+        )
+
     def _overhead(self, s: int, p: int, ptok: int, nd: int) -> float:
         """Scheduler plus bookkeeping seconds of an iteration of s sequences, p of them prefilling
         ptok tokens, nd decoding: each new token is hashed once, when its block fills."""
@@ -931,6 +950,7 @@ class CalibratedCostModel:
         self._fit_eager_scale([s for s in serving if self.as_decode(s.shape) is None])
         self._fit_overhead()
         self._fit_graph_host()
+        self._fit_eager_launch(pre)
         if self.splits_apply:
             plan = {k: self.splits(k) for k in self._dec_keys}
             if self.sm_range is not None:
@@ -1024,7 +1044,12 @@ class CalibratedCostModel:
         if d is not None or not self.overlapped:  # eager decodes (beyond the graphs), CPU devices: serial
             return OverlapParts(sched, ex, ex, comp, False)
         g, c = self._eager_parts(shape)
-        return OverlapParts(sched, self.eager_scale * c, self.eager_scale * g, comp, False)
+        line = self._eager_launch
+        if line is None:  # no measured launch times: the eager fit's launch part (0 where GPU-bound)
+            launch = self.eager_scale * c
+        else:
+            launch = line[0] + line[1] * shape.num_seqs + line[2] * shape.num_tokens
+        return OverlapParts(sched, launch, self.eager_scale * g, comp, False)
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'

@@ -21,8 +21,9 @@ The file is JSON with these top-level fields:
                         decode_context, decode_max_context) and the seconds of its schedule, execute
                         and complete phases as served (see `ServingStep`)
 Samples may carry decode_max_context (the longest decode context; absent or 0 = contexts spread
-evenly) and device_s (steps that replay a CUDA graph: median device seconds, from CUDA events around
-the graph and the copy of its ids; what a step costs when the host runs ahead, with async scheduling).
+evenly), device_s (steps that replay a CUDA graph: median device seconds, from CUDA events around
+the graph and the copy of its ids) and launch_s (eager steps: median host seconds of launching the
+step, its Python kernel launches included); async scheduling's model needs both.
 Samples, overhead and serving records are written one per line, so a diff of two
 profiles reads row by row and an error in a hand-edited file points at its line.
 `Profile.load(Profile.save(p))` equals `p` exactly (floats are written with Python's shortest
@@ -137,6 +138,7 @@ class ShapeSample:
     median_s: float
     decode_max_context: int = 0  # longest decode context; 0: the contexts are spread evenly
     device_s: float | None = None  # graph steps: median device seconds (events), else None
+    launch_s: float | None = None  # eager steps: median host seconds of the launch, else None
 
     @property
     def shape(self) -> BatchShape:
@@ -567,7 +569,8 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     s = r.obj(s, path)
     r.no_extra(
         s, path,
-        {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s", "device_s"},
+        {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s", "device_s",
+         "launch_s"},
     )  # fmt: skip
     prefill, nd, ctx, mx = _read_shape(r, s, path)
     times_raw = r.get(s, path, "times_s", list)
@@ -580,11 +583,13 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     want = statistics.median(times)
     if not math.isclose(med, want, rel_tol=1e-9, abs_tol=0.0):
         raise ProfileError(path + ("median_s",), f"is {med!r} but the median of times_s is {want!r}")
-    dev = None
-    if "device_s" in s:
-        dev = r.get(s, path, "device_s", float)
-        _positive(dev, path + ("device_s",))
-    return ShapeSample(prefill, nd, ctx, times, med, mx, dev)
+    opt: dict[str, float | None] = {}
+    for key in ("device_s", "launch_s"):
+        opt[key] = None
+        if key in s:
+            opt[key] = r.get(s, path, key, float)
+            _positive(opt[key], path + (key,))  # type: ignore[arg-type]
+    return ShapeSample(prefill, nd, ctx, times, med, mx, **opt)
 
 
 def _read_serving(r: _Reader, t: Any, path: tuple) -> ServingStep:
@@ -610,6 +615,8 @@ def _sample_dict(s: ShapeSample) -> dict[str, Any]:
     d["median_s"] = s.median_s
     if s.device_s is not None:
         d["device_s"] = s.device_s
+    if s.launch_s is not None:
+        d["launch_s"] = s.launch_s
     return d
 
 

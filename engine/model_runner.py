@@ -149,6 +149,7 @@ class ModelRunner:
         # whose device timeline waits on Python's launches): what a step costs when the host runs ahead.
         self.time_device = False
         self.last_device_seconds: float | None = None
+        self.last_launch_seconds = 0.0  # host seconds of the last `launch` call
         self._timers = (
             [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(2)]
             if cuda
@@ -304,6 +305,7 @@ class ModelRunner:
         self._sources = {s.id: i for i, s in enumerate(seqs)} if rows is None else {
             s.id: r for s, r in zip(seqs, rows, strict=True)
         }
+        self.last_launch_seconds = time.perf_counter() - t0
         return Launched(n, slot, seqs, rows, logits, t0, timed)
 
     def collect(self, step: Launched) -> list[int]:

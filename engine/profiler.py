@@ -483,6 +483,7 @@ def profile_runner(
 
     times: list[list[float]] = [[] for _ in shapes]
     device: list[list[float]] = [[] for _ in shapes]  # graph steps' device seconds
+    launch: list[list[float]] = [[] for _ in shapes]  # eager steps' launch seconds (host)
     overhead: dict[int, OverheadSample] = {}
     with torch.inference_mode():
         # Warm-up, shape by shape: Triton compiles each new specialisation here, cuBLAS picks its
@@ -511,6 +512,8 @@ def profile_runner(
                     times[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
                     if runner.last_device_seconds is not None:
                         device[i].append(runner.last_device_seconds)
+                    elif not runner.runs_graph(batch):
+                        launch[i].append(runner.last_launch_seconds)
                 finally:
                     runner.time_device = False
                     release(batch, kv)
@@ -532,6 +535,7 @@ def profile_runner(
                 statistics.median(times[i]),
                 shape.decode_max_context,
                 statistics.median(device[i]) if device[i] else None,
+                statistics.median(launch[i]) if launch[i] else None,
             )
         )
         over.append(overhead[i])

@@ -72,7 +72,7 @@ def small_profile() -> Profile:
         header(),
         [
             replace(sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]), device_s=0.2875),
-            sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]),
+            replace(sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]), launch_s=0.0125),
             sample([(100, 4096), (7, 0)], 3, 99, [0.05, 0.051]),
             replace(sample([], 3, 3000, [0.02]), decode_max_context=2500),  # uneven contexts
         ],
@@ -99,6 +99,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert q.counts() == {"decode": 2, "prefill": 1, "mixed": 1}
     assert q.samples[3].shape.decode_max_context == 2500
     assert q.samples[0].device_s == 0.2875 and q.samples[1].device_s is None
+    assert q.samples[1].launch_s == 0.0125 and q.samples[0].launch_s is None
     assert q.serving[0].shape.decode_max_context == 4000 and q.serving[0].as_sample().kind == "mixed"
     # Files written before the serving phase existed still load.
     d = json.loads(path.read_text())

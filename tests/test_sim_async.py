@@ -92,6 +92,24 @@ def test_calibrated_model_hides_the_host_under_the_device() -> None:
     assert (t_sync - t_async) / 400 == pytest.approx(per_step, rel=0.1)
 
 
+def test_measured_eager_launch_times_set_the_launch_part() -> None:
+    """The grid's eager steps are GPU-bound, so the eager fit cannot see their launch; the profile's
+    launch_s (host seconds of `ModelRunner.launch`) gives it, a line in sequences and tokens."""
+    L0, L1, L2 = 0.012, 4e-5, 1e-6
+    prof = _profile_with_device_times()
+    samples = [
+        replace(s, launch_s=L0 + L1 * s.shape.num_seqs + L2 * s.shape.num_tokens) if s.prefill else s
+        for s in prof.samples
+    ]
+    m = CalibratedCostModel(profile=replace(prof, samples=samples))
+    assert m._eager_launch == pytest.approx((L0, L1, L2), rel=1e-6)
+    big = BatchShape([(2000, 0)], 8, 8 * 500)
+    lead, launch, device, after, graphed = m.overlap_parts(big)
+    assert launch == pytest.approx(L0 + L1 * 9 + L2 * 2008) and not graphed
+    # one step at a time, nothing changes
+    assert m.stage_time(big) == CalibratedCostModel(profile=prof).stage_time(big)
+
+
 def test_a_profile_without_device_times_cannot_simulate_async() -> None:
     m = CalibratedCostModel(profile=synthetic_profile(shapes=grid()))
     with pytest.raises(ValueError, match="device_s"):
