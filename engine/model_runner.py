@@ -45,6 +45,10 @@ class StepInputs:
     meta: AttentionMetadata
     sample_rows: list[int]  # row of each sampling sequence's last token, in batch order
     sample_seqs: list[Sequence]
+    # sample_rows on the device, copied before the forward pass is queued: a copy from pageable
+    # memory waits for the stream, and made after the forward it would hold `launch` until the
+    # step's device work is done (so the host could not schedule the next step meanwhile)
+    sample_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -236,6 +240,7 @@ class ModelRunner:
             meta=meta,
             sample_rows=rows,
             sample_seqs=sample_seqs,
+            sample_index=torch.tensor(rows, dtype=torch.int64, device=dev) if rows else None,
         )
 
     # -- one step ----------------------------------------------------------------------------
@@ -291,8 +296,7 @@ class ModelRunner:
             hidden = self.forward_hidden(inp)
             seqs = inp.sample_seqs
             if seqs:
-                idx = torch.tensor(inp.sample_rows, dtype=torch.int64, device=hidden.device)
-                logits = self.model.compute_logits(hidden.index_select(0, idx))
+                logits = self.model.compute_logits(hidden.index_select(0, inp.sample_index))
                 torch.argmax(logits, dim=-1, out=self.sampled[: len(seqs)])
         n = len(seqs) if rows is None else len(batch.seqs)
         self._slot = slot
