@@ -171,7 +171,8 @@ def test_report_directory(run) -> None:
     errors = json.loads((out / "errors.json").read_text())
     assert errors["metrics"][0]["metric"] == "ttft_ms"
     assert not any("PNG" in n for n in errors["notes"])  # png=False: not even attempted
-    rows = list(csv.DictReader(open(out / "iterations.csv")))
+    with open(out / "iterations.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == len(res.iterations["start"]) and rows[0]["kind"] in ("prefill", "mixed", "decode")
     assert Profile.load(out / "profile.json") == res.cost.profile
 
