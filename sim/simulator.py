@@ -216,6 +216,17 @@ class Simulation:
         parts = self.cost.overlap_parts
         graphs_only = self.cfg.async_scheduling == "graphs"
         prev: tuple[StepInFlight, float] | None = None  # the step in flight, and when its device work ends
+        unsettled: list[StepInFlight] = []  # advanced, not settled yet (at most two), oldest first
+        recorder = self.recorder
+
+        def undelivered(_t: float) -> None:
+            """The clock stopped before these steps delivered their tokens: the sequences they
+            released on reaching their length are out of the queues, so they are reported here."""
+            for fl in unsettled:
+                for s in fl.finishing:
+                    recorder.unfinished(s)
+
+        self._at_horizon[core.id] = undelivered
         while True:
             batch = core.schedule(env.now) if core.has_work else None
             if batch is None or batch.is_empty:
@@ -224,21 +235,22 @@ class Simulation:
                     core.on_arrival = None
                     continue
                 fl, end = prev
-                prev = None
                 if end > env.now:
                     yield env.timeout(end - env.now)
-                core.settle(fl, end)
+                prev = None
+                core.settle(unsettled.pop(0), end)
                 continue
             top = env.now
             lead, launch, device, after, graphed = parts(core.shape(batch))
             fl = core.advance(batch, top)
+            unsettled.append(fl)
             start = top + lead
             if prev is not None and not graphed:
                 if graphs_only:  # an eager step collects the step in flight first, then launches
                     ids = max(start, prev[1])
                     if ids > env.now:
                         yield env.timeout(ids - env.now)
-                    core.settle(prev[0], ids)
+                    core.settle(unsettled.pop(0), ids)
                     prev = None
                     start = ids + after
                 else:  # "all": its launch blocks on its first input copy until the step in flight ends
@@ -250,7 +262,7 @@ class Simulation:
                 ids = max(ids, prev[1])
                 if ids > env.now:
                     yield env.timeout(ids - env.now)
-                core.settle(prev[0], ids)
+                core.settle(unsettled.pop(0), ids)
                 ids += after
             prev = (fl, max(start + device, launched))
             if ids > env.now:

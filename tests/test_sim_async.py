@@ -146,3 +146,21 @@ def test_graphs_mode_collects_before_an_eager_step_and_all_mode_waits_for_its_la
     np.testing.assert_allclose(got["graphs"], got["off"])  # each step's ids collected at its end
     # "all": the next step's launch blocks until the step in flight ends, and its ids wait for it
     np.testing.assert_allclose(got["all"], [0.06, 0.11, 0.16, 0.20])
+
+
+def test_a_horizon_inside_the_overlap_reports_every_request() -> None:
+    """Stopping the clock with steps in flight: sequences those steps released on reaching their
+    length have not delivered their last token, and are reported unfinished with their lengths."""
+    trace = _burst(24, seed=2)
+    full = simulate(trace, _cfg(async_scheduling="all")).requests
+    # just before some requests' last tokens arrive: the step that gives them is in flight
+    for horizon in np.sort(full["finish"])[[2, 9, 17]] - 1e-6:
+        cut = simulate(trace, _cfg(async_scheduling="all", horizon=horizon)).requests
+        done = cut["status"] == "finished"
+        assert (cut["finish"][done] <= horizon).all()
+        np.testing.assert_array_equal(cut["finish"][done], full["finish"][done])
+        # every request whose first token came before the horizon is reported with it
+        early = full["first_token"] < horizon
+        np.testing.assert_array_equal(cut["first_token"][early], full["first_token"][early])
+        assert (cut["output_tokens"][early] > 0).all()
+        assert set(cut["status"]) <= {"finished", "unfinished"}
