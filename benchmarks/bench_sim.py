@@ -9,6 +9,8 @@ Cases (each runs in a fresh subprocess so that its peak RSS is its own):
 - `vidur-tp4`: the same with TP 4 x PP 1 (one stage), for comparison.
 - `mooncake`: the full Mooncake conversation trace on one Llama-3.1-8B H100 replica, prefix
   caching on.
+- `mooncake-async`: the same with async scheduling (`SimConfig.async_scheduling="graphs"`), which
+  the simulator steps one iteration at a time (no decode-run jumps).
 
     python -m benchmarks.bench_sim                     # all cases, 10k/100k/1M for vidur
     python -m benchmarks.bench_sim --case vidur --n 10000
@@ -57,14 +59,15 @@ def run_case(case: str, n: int) -> dict:
             router="least-work", max_num_batched_tokens=512, max_num_seqs=128,
             enable_prefix_caching=False, record_iterations=False,
         )
-    elif case == "mooncake":
+    elif case in ("mooncake", "mooncake-async"):
         p = SHARED / "mooncake_conversation.jsonl"
         if not p.is_file():
             return {"case": case, "skipped": f"{p} not found"}
         trace = load_trace(p)
         n = len(trace)
         cfg = SimConfig(model="llama-3.1-8b", accelerator="h100-sxm", enable_prefix_caching=True,
-                        record_iterations=False)
+                        record_iterations=False,
+                        async_scheduling="graphs" if case == "mooncake-async" else "off")
     else:
         raise SystemExit(f"unknown case {case!r}")
     t0 = time.perf_counter()
@@ -91,7 +94,7 @@ def run_case(case: str, n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["vidur", "vidur-tp4", "mooncake"])
+    ap.add_argument("--case", choices=["vidur", "vidur-tp4", "mooncake", "mooncake-async"])
     ap.add_argument("--n", type=int, help="requests (vidur case)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
@@ -99,7 +102,10 @@ def main() -> int:
     if args.inline:
         print(json.dumps(run_case(args.case, args.n or 0)))
         return 0
-    everything = [("vidur", 10_000), ("vidur", 100_000), ("vidur", 1_000_000), ("mooncake", None)]
+    everything = [
+        ("vidur", 10_000), ("vidur", 100_000), ("vidur", 1_000_000), ("mooncake", None),
+        ("mooncake-async", None),
+    ]
     plan = [(args.case, args.n)] if args.case else everything
     rows = []
     for case, n in plan:
