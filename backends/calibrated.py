@@ -750,15 +750,21 @@ class CalibratedCostModel:
         per path, which is where a systematic one shows (a slow graph bucket, a launch-bound range)."""
         if shape.num_seqs == 0:
             return "idle"
+        kind = self.graph_kind(shape)
+        if kind == "step":
+            return f"step graph {self.step_bucket(shape)}"
         d = self.as_decode(shape)
         if d is not None:
-            graphed = bool(self.buckets) and d[0] <= self.buckets[-1]
-            return f"{'decode graph' if graphed else 'decode'} {self.rows(d[0])}"
-        b = self.step_bucket(shape)
-        if b is not None:
-            return f"step graph {b}"
+            return f"{'decode graph' if kind else 'decode'} {self.rows(d[0])}"
         lo = (shape.num_tokens - 1) // 256 * 256
         return f"eager {lo + 1}-{lo + 256} tokens"
+
+    def graph_kind(self, shape: BatchShape) -> str | None:
+        """'decode' or 'step' when the engine replays a CUDA graph for this step, else None (eager)."""
+        d = self.as_decode(shape)
+        if d is not None:
+            return "decode" if self.buckets and d[0] <= self.buckets[-1] else None
+        return "step" if self.step_bucket(shape) is not None else None
 
     def step_bucket(self, shape: BatchShape) -> int | None:
         """The step-graph bucket the engine runs this (non-decode) step in, or None when it runs eagerly."""
@@ -894,8 +900,8 @@ class CalibratedCostModel:
         profile has no device times: then async scheduling cannot be simulated from it."""
         pts: dict[str, list[tuple[int, float]]] = {"decode": [], "step": []}
         for s in self.profile.samples:
-            if s.device_s is not None:
-                kind = "decode" if self.as_decode(s.shape) is not None else "step"
+            kind = self.graph_kind(s.shape)
+            if s.device_s is not None and kind is not None:
                 pts[kind].append((s.shape.num_seqs, max(0.0, s.median_s - s.device_s)))
         self._graph_host: dict[str, tuple[float, float]] = {}
         for kind, rows in pts.items():
@@ -1023,16 +1029,13 @@ class CalibratedCostModel:
         (`_fit_graph_host`), which runs after the scheduler's decision; an eager step's kernels run as
         Python launches them: its device and launch parts are those of `_eager_parts` (scaled), and it
         lasts the slower of the two, as in `stage_time`. The bookkeeping comes after the wait."""
-        p = self.parts(shape)
+        self._check(shape)
         if not shape.num_seqs:
             return OverlapParts(0.0, 0.0, 0.0, 0.0, True)
-        sched, ex, comp = p["schedule"], p["execute"], p["complete"]
-        d = self.as_decode(shape)
-        if d is not None:
-            kind = "decode" if self.buckets and d[0] <= self.buckets[-1] else None
-        else:
-            kind = "step" if self.step_bucket(shape) is not None else None
+        sched, comp = self._cpu_phases(shape)
+        kind = self.graph_kind(shape)
         if kind is not None:
+            ex = self._execute(shape)
             line = self._graph_host.get(kind)
             if line is None:
                 raise ValueError(
@@ -1041,7 +1044,8 @@ class CalibratedCostModel:
                 )
             h = min(ex, line[0] + line[1] * shape.num_seqs)
             return OverlapParts(sched + h, 0.0, ex - h, comp, True)
-        if d is not None or not self.overlapped:  # eager decodes (beyond the graphs), CPU devices: serial
+        if self.as_decode(shape) is not None or not self.overlapped:  # eager decodes, CPU devices: serial
+            ex = self._execute(shape)
             return OverlapParts(sched, ex, ex, comp, False)
         g, c = self._eager_parts(shape)
         line = self._eager_launch
@@ -1058,12 +1062,17 @@ class CalibratedCostModel:
         self._check(shape)
         if shape.num_seqs == 0:
             return {"execute": 0.0, "schedule": 0.0, "complete": 0.0}
+        sched, comp = self._cpu_phases(shape)
+        return {"execute": self._execute(shape), "schedule": sched, "complete": comp}
+
+    def _cpu_phases(self, shape: BatchShape) -> tuple[float, float]:
+        """(schedule, complete) seconds of a non-empty iteration's CPU work outside the step."""
         s, p = shape.num_seqs, len(shape.prefill)
         ptok = sum(n for n, _ in shape.prefill)
         row = [1.0, float(s), float(p), float(ptok)]
         sched = sum(c * x for c, x in zip(self.schedule_fit.coef, row))
         comp = sum(c * x for c, x in zip(self.complete_fit.coef, row + [float(ptok + shape.num_decode)]))
-        return {"execute": self._execute(shape), "schedule": sched, "complete": comp}
+        return sched, comp
 
     def breakdown(self, shape: BatchShape) -> dict[str, float]:
         """Seconds per fitted term (execute terms by name, plus 'schedule' and 'complete'), for reports;
