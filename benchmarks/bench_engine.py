@@ -175,30 +175,22 @@ def throughput(
     eng.generate(prompts, SamplingParams(max_tokens=2, ignore_eos=True))
     runner = eng.runner
     steps: list[tuple[int, int, float]] = []  # (sequences, new tokens, seconds) of each step
-    collect = runner.collect
-    launched: list[tuple[int, int]] = []
+    execute = runner.execute
 
-    def timed(h):  # a step's seconds from its launch to its ids on the host (steps run one at a time)
-        toks = collect(h)
-        b_, n = launched.pop(0)
-        steps.append((b_, n, runner.last_step_seconds))
+    def timed(batch_):  # one step at a time, the loop calls execute
+        toks = execute(batch_)
+        steps.append((len(batch_.seqs), batch_.num_tokens, runner.last_step_seconds))
         return toks
 
-    launch = runner.launch
-
-    def note(batch_):
-        launched.append((len(batch_.seqs), batch_.num_tokens))
-        return launch(batch_)
-
     if timed_steps:
-        runner.collect, runner.launch = timed, note  # type: ignore[method-assign]
+        runner.execute = timed  # type: ignore[method-assign]
     _sync()
     t = time.perf_counter()
     try:
         outs = eng.generate(prompts, sp)
     finally:
         if timed_steps:
-            del runner.collect, runner.launch
+            del runner.execute
     _sync()
     dt = time.perf_counter() - t
     n_out = sum(len(o.output_token_ids) for o in outs)

@@ -166,6 +166,12 @@ class LLMEngine:
         lag = self._lag()
         inflight: deque[tuple[StepInFlight, Launched]] = deque()
         t0 = time.perf_counter()
+
+        def settle_oldest() -> None:
+            fl, h = inflight.popleft()
+            tokens = runner.collect(h)
+            core.settle(fl, time.perf_counter() - t0, tokens)
+
         while core.has_work or inflight:
             batch = core.schedule(time.perf_counter() - t0) if core.has_work else None
             # Preempted sequences keep their sampled tokens and their generator state (recompute
@@ -174,22 +180,19 @@ class LLMEngine:
                 if not inflight and not (batch and batch.preempted):
                     raise RuntimeError("scheduler made no progress with work pending (KV pool too small?)")
                 if inflight:
-                    fl, h = inflight.popleft()
-                    core.settle(fl, time.perf_counter() - t0, runner.collect(h))
+                    settle_oldest()
                 continue
             start = time.perf_counter() - t0
-            if lag and inflight and self._waits(batch):
-                fl, h = inflight.popleft()
-                core.settle(fl, time.perf_counter() - t0, runner.collect(h))
-            h = runner.launch(batch)
-            if lag:
-                inflight.append((core.advance(batch, start), h))
-                if len(inflight) > lag:
-                    fl, h = inflight.popleft()
-                    core.settle(fl, time.perf_counter() - t0, runner.collect(h))
-            else:
-                tokens = runner.collect(h)
+            if not lag:
+                tokens = runner.execute(batch)
                 core.complete(batch, start, time.perf_counter() - t0, tokens)
+                continue
+            if inflight and self._waits(batch):
+                settle_oldest()
+            h = runner.launch(batch)  # before `advance` moves the counts it stages from
+            inflight.append((core.advance(batch, start), h))
+            if len(inflight) > lag:
+                settle_oldest()
         outs = []
         for seq, p in zip(seqs, params, strict=True):
             prompt_len = seq.request.prompt_len
@@ -287,27 +290,25 @@ class LLMEngine:
                         raise RuntimeError("replay stalled: work pending, nothing schedulable, no arrivals")
                     skipped += max(0.0, float(arrivals[nxt]) - now)
                 continue
+            if lag and inflight and self._waits(batch):
+                settle_oldest()
+            if step_log is not None:
+                t_s = time.perf_counter()
+                sh = core.shape(batch)  # before the step advances the sequences
+                t_sh = time.perf_counter()
+                skipped -= t_sh - t_s  # the log's own time is not the engine's
             if lag:
-                if inflight and self._waits(batch):
-                    settle_oldest()
-                rec = None
-                if step_log is not None:  # phases overlap: only the step's period is logged (execute)
-                    t_s = time.perf_counter()
-                    sh = core.shape(batch)
+                rec = None  # phases overlap: only the step's period is logged (as execute_s)
+                if step_log is not None:
                     rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context, 0.0,
-                           time.perf_counter(), 0.0]  # fmt: skip
-                    skipped -= rec[5] - t_s  # the log's own time is not the engine's
+                           t_sh, 0.0]  # fmt: skip
                 h = runner.launch(batch)
                 inflight.append((core.advance(batch, now), h, rec))
                 if len(inflight) > lag:
                     settle_oldest()
                 continue
-            if step_log is not None:
-                t_s = time.perf_counter()
-                sh = core.shape(batch)  # before the step advances the sequences
-                skipped -= time.perf_counter() - t_s  # the log's own time is not the engine's
             t_run = time.perf_counter()
-            tokens = runner.collect(runner.launch(batch))
+            tokens = runner.execute(batch)
             t_end = time.perf_counter()
             core.complete(batch, now, t_end - t0 + skipped, tokens)
             iterations += 1
