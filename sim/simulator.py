@@ -215,8 +215,8 @@ class Simulation:
         env = self.env
         parts = self.cost.overlap_parts
         graphs_only = self.cfg.async_scheduling == "graphs"
-        prev: tuple[StepInFlight, float] | None = None  # the step in flight, and when its device work ends
         unsettled: list[StepInFlight] = []  # advanced, not settled yet (at most two), oldest first
+        prev_end: float | None = None  # when the step in flight (if any) ends its device work
         recorder = self.recorder
 
         def undelivered(_t: float) -> None:
@@ -226,45 +226,43 @@ class Simulation:
                 for s in fl.finishing:
                     recorder.unfinished(s)
 
+        def settle_at(t: float):
+            """Wait until `t`, when the host collects the oldest step in flight, and settle it."""
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            core.settle(unsettled.pop(0), t)
+
         self._at_horizon[core.id] = undelivered
         while True:
             batch = core.schedule(env.now) if core.has_work else None
             if batch is None or batch.is_empty:
-                if prev is None:
+                if prev_end is None:
                     yield self._wait_for_arrival(core)
                     core.on_arrival = None
                     continue
-                fl, end = prev
-                if end > env.now:
-                    yield env.timeout(end - env.now)
-                prev = None
-                core.settle(unsettled.pop(0), end)
+                yield from settle_at(prev_end)
+                prev_end = None
                 continue
             top = env.now
             lead, launch, device, after, graphed = parts(core.shape(batch))
-            fl = core.advance(batch, top)
-            unsettled.append(fl)
+            unsettled.append(core.advance(batch, top))
             start = top + lead
-            if prev is not None and not graphed:
+            if prev_end is not None and not graphed:
                 if graphs_only:  # an eager step collects the step in flight first, then launches
-                    ids = max(start, prev[1])
-                    if ids > env.now:
-                        yield env.timeout(ids - env.now)
-                    core.settle(unsettled.pop(0), ids)
-                    prev = None
+                    ids = max(start, prev_end)
+                    yield from settle_at(ids)
+                    prev_end = None
                     start = ids + after
                 else:  # "all": its launch blocks on its first input copy until the step in flight ends
-                    start = max(start, prev[1])
+                    start = max(start, prev_end)
             launched = start + launch
             ids = launched  # when the host collects the step in flight (and its tokens go out)
-            if prev is not None:
-                start = max(start, prev[1])
-                ids = max(ids, prev[1])
-                if ids > env.now:
-                    yield env.timeout(ids - env.now)
-                core.settle(unsettled.pop(0), ids)
+            if prev_end is not None:
+                start = max(start, prev_end)
+                ids = max(ids, prev_end)
+                yield from settle_at(ids)
                 ids += after
-            prev = (fl, max(start + device, launched))
+            prev_end = max(start + device, launched)
             if ids > env.now:
                 yield env.timeout(ids - env.now)
 
