@@ -403,6 +403,11 @@ def _cpu_row(shape: BatchShape, graphed: bool = False) -> list[float]:
     return [0.0, 0.0] if graphed else [1.0, float(shape.num_seqs)]
 
 
+def _context_tokens(shape: BatchShape) -> int:
+    """Tokens the step's block tables cover: every decode's context, every prefill's prefix and chunk."""
+    return shape.decode_context + sum(n + c for n, c in shape.prefill)
+
+
 def _overhead_row(o: OverheadSample) -> list[float]:
     return [1.0, float(o.num_seqs), float(o.num_prefill_seqs), float(o.prefill_tokens)]
 
@@ -894,24 +899,29 @@ class CalibratedCostModel:
         )
 
     def _fit_graph_host(self) -> None:
-        """Host seconds of a graph step (staging its inputs, reading its ids back): the profiled wall
-        time less the device time (`ShapeSample.device_s`), a line in the number of sequences per kind
-        of graph (decode, step), by non-negative least squares on seconds. Unknown (absent) when the
-        profile has no device times: then async scheduling cannot be simulated from it."""
-        pts: dict[str, list[tuple[int, float]]] = {"decode": [], "step": []}
+        """Host seconds of a graph step (staging its inputs, block tables included, and reading its
+        ids back): the profiled wall time less the device time (`ShapeSample.device_s`), fixed + per
+        sequence + per context token (the tables' length) per kind of graph (decode, step), by
+        non-negative least squares on seconds. Without the context term the line missed by 0.77 ms
+        rms on an H200 profile (0.28 ms with it): long-context samples bent it up, and the device
+        part of Azure's ~1k-token decode steps came out 6-8% short. Absent without device times:
+        then async scheduling cannot be simulated from the profile."""
+        pts: dict[str, list[tuple[int, int, float]]] = {"decode": [], "step": []}
         for s in self.profile.samples:
             kind = self.graph_kind(s.shape)
             if s.device_s is not None and kind is not None:
-                pts[kind].append((s.shape.num_seqs, max(0.0, s.median_s - s.device_s)))
-        self._graph_host: dict[str, tuple[float, float]] = {}
+                host = max(0.0, s.median_s - s.device_s)
+                pts[kind].append((s.shape.num_seqs, _context_tokens(s.shape), host))
+        self._graph_host: dict[str, tuple[float, float, float]] = {}
         for kind, rows in pts.items():
-            if len({n for n, _ in rows}) < 2:
+            if len({(n, c) for n, c, _ in rows}) < 3:
                 continue
-            c = _nnls_absolute(np.array([[1.0, float(n)] for n, _ in rows]), np.array([h for _, h in rows]))
-            self._graph_host[kind] = (float(c[0]), float(c[1]))
+            X = np.array([[1.0, float(n), float(c)] for n, c, _ in rows])
+            c = _nnls_absolute(X, np.array([h for _, _, h in rows]))
+            self._graph_host[kind] = (float(c[0]), float(c[1]), float(c[2]))
             self.notes.append(
                 f"host part of a {kind} graph step (wall less device time, {len(rows)} samples): "
-                f"{1e6 * c[0]:.0f} + {1e6 * c[1]:.2f} us per sequence"
+                f"{1e6 * c[0]:.0f} + {1e6 * c[1]:.2f} us per sequence + {1e9 * c[2]:.1f} ns per context token"
             )
 
     def _fit_eager_launch(self, samples: list[ShapeSample]) -> None:
@@ -921,7 +931,11 @@ class CalibratedCostModel:
         so max(launch, device) never shows the launch (on an H200 profile they fit to 0), while one
         step ahead the launch is what holds the host, and so the previous step's tokens and the next
         decision. None when the profile has no launch times."""
-        rows = [(s.shape.num_seqs, s.shape.num_tokens, s.launch_s) for s in samples if s.launch_s]
+        rows = [
+            (s.shape.num_seqs, s.shape.num_tokens, s.launch_s)
+            for s in samples
+            if s.launch_s and s.device_s is None  # a graph step's launch stages inputs for one replay
+        ]
         self._eager_launch: tuple[float, float, float] | None = None
         if len({(n, t) for n, t, _ in rows}) < 3:
             return
@@ -1042,7 +1056,7 @@ class CalibratedCostModel:
                     f"{self.profile_path or 'profile'}: no device times of {kind} graph steps "
                     "(samples' device_s); profile again with this version to simulate async scheduling"
                 )
-            h = min(ex, line[0] + line[1] * shape.num_seqs)
+            h = min(ex, line[0] + line[1] * shape.num_seqs + line[2] * _context_tokens(shape))
             return OverlapParts(sched + h, 0.0, ex - h, comp, True)
         if self.as_decode(shape) is not None or not self.overlapped:  # eager decodes, CPU devices: serial
             ex = self._execute(shape)

@@ -22,8 +22,9 @@ The file is JSON with these top-level fields:
                         and complete phases as served (see `ServingStep`)
 Samples may carry decode_max_context (the longest decode context; absent or 0 = contexts spread
 evenly), device_s (steps that replay a CUDA graph: median device seconds, from CUDA events around
-the graph and the copy of its ids) and launch_s (eager steps: median host seconds of launching the
-step, its Python kernel launches included); async scheduling's model needs both.
+the graph and the copy of its ids, the step queued behind another of its shape) and launch_s
+(median host seconds of launching the step: staging its inputs, then Python's kernel launches or
+the graph's replay); async scheduling's model needs both.
 Samples, overhead and serving records are written one per line, so a diff of two
 profiles reads row by row and an error in a hand-edited file points at its line.
 `Profile.load(Profile.save(p))` equals `p` exactly (floats are written with Python's shortest
@@ -138,7 +139,7 @@ class ShapeSample:
     median_s: float
     decode_max_context: int = 0  # longest decode context; 0: the contexts are spread evenly
     device_s: float | None = None  # graph steps: median device seconds (events), else None
-    launch_s: float | None = None  # eager steps: median host seconds of the launch, else None
+    launch_s: float | None = None  # median host seconds of the step's launch (staging included)
 
     @property
     def shape(self) -> BatchShape:

@@ -386,7 +386,8 @@ def recompute(
     result = ValidationResult(measured, predicted, cfg, cost, errors, table, trace, None, notes=notes)
     out = Path(out_dir) if out_dir is not None else run
     same = out.resolve() == run.resolve()
-    write_validation_report(result, out, png=png, write_measured=not same)
+    keep_profile = same and profile is None  # fitted to the run's own profile.json (maybe a link)
+    write_validation_report(result, out, png=png, write_measured=not same, write_profile=not keep_profile)
     return result
 
 

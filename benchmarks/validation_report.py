@@ -384,11 +384,17 @@ def _write_iterations_csv(path: Path, table: dict[str, np.ndarray]) -> None:
 
 
 def write_validation_report(
-    result: ValidationResult, out_dir: str | Path, png: bool | str = "auto", write_measured: bool = True
+    result: ValidationResult,
+    out_dir: str | Path,
+    png: bool | str = "auto",
+    write_measured: bool = True,
+    write_profile: bool = True,
 ) -> Path:
     """Write the report directory (see `benchmarks.validate`'s docstring); returns it. png: True (required),
     False (skip) or 'auto' (when kaleido and a browser are available; a note otherwise).
-    write_measured=False leaves an existing measured/ run as it is (a recomputed report)."""
+    write_measured=False leaves an existing measured/ run as it is (a recomputed report), and
+    write_profile=False its profile.json (recomputed from that file: stored runs of one machine
+    share one profile through links)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     do_png = png is True or (png == "auto" and png_export_available())
@@ -399,7 +405,8 @@ def write_validation_report(
     if write_measured:
         result.measured.write(out / "measured")
     result.predicted.write(out / "predicted")
-    result.cost.profile.save(out / "profile.json")
+    if write_profile:
+        result.cost.profile.save(out / "profile.json")
     _write_iterations_csv(out / "iterations.csv", result.iterations)
     figures = build_validation_figures(result)
     write_report(

@@ -224,6 +224,35 @@ def test_graphs_and_eager_and_torch_backend_and_async_generate_the_same() -> Non
     assert outs[0][1] != outs[0][len(prompts) + 1]  # the sampled request did not decode greedily
 
 
+def test_profile_on_gpu_times_graph_devices_and_eager_launches() -> None:
+    """The grid's async fields on CUDA: every step has its launch seconds, every graph step its device
+    seconds (queued behind another of its shape), and the calibrated model fits both."""
+    from backends.calibrated import CalibratedCostModel
+    from engine.config import EngineConfig
+    from engine.profiler import profile_engine
+    from engine.testing import tiny_spec
+
+    cfg = EngineConfig(
+        model=tiny_spec("llama"),
+        device="cuda",
+        block_size=4,
+        num_kv_blocks=40,
+        max_num_batched_tokens=48,
+        max_num_seqs=6,
+        step_graph_tokens=16,  # longer steps run eager
+        seed=5,
+    )
+    prof = profile_engine(cfg, quick=True, repeats=3, warmup=1, command="test")
+    graphed = [s for s in prof.samples if s.device_s is not None]
+    eager = [s for s in prof.samples if s.device_s is None]
+    assert graphed and eager and all(s.launch_s is not None and s.launch_s > 0 for s in prof.samples)
+    assert all(s.device_s > 0 for s in graphed)
+    assert not [s for s in eager if s.prefill == () and s.num_decode <= cfg.max_num_seqs]  # decodes graph
+    m = CalibratedCostModel(profile=prof)
+    assert any("host part of a decode graph step" in n for n in m.notes)
+    assert any("eager launch" in n for n in m.notes)
+
+
 def test_memory_based_kv_sizing_on_gpu() -> None:
     from engine.config import EngineConfig
     from engine.model_runner import ModelRunner
