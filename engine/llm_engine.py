@@ -229,7 +229,8 @@ class LLMEngine:
 
         With `step_log`, each iteration appends its shape and the seconds of its three phases
         (`ServingStep`): the top of the loop (admitting arrivals) and the scheduler's decision, the
-        runner's step, and the bookkeeping up to the next loop top. Building the record's shape is
+        runner's step (with the host time of its launch), and the bookkeeping up to the next loop
+        top. Building the record's shape is
         taken out of the engine clock, so logging does not move the timeline. With async scheduling
         the phases overlap: only execute_s is logged, the step's period (from the previous step's
         ids, or its own launch when later, to its own ids), and the other two are 0."""
@@ -267,7 +268,7 @@ class LLMEngine:
             top = time.perf_counter()
             now = top - t0 + skipped
             if last is not None:  # the bookkeeping phase ran until this loop top
-                last[-1] = top - last[-1]
+                last[6] = top - last[6]
                 step_log.append(ServingStep(*last))  # type: ignore[union-attr]
                 last = None
             if not core.has_work and not inflight and nxt < n and arrivals[nxt] > now:
@@ -301,8 +302,10 @@ class LLMEngine:
                 rec = None  # phases overlap: only the step's period is logged (as execute_s)
                 if step_log is not None:
                     rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context, 0.0,
-                           t_sh, 0.0]  # fmt: skip
+                           t_sh, 0.0, None]  # fmt: skip
                 h = runner.launch(batch)
+                if rec is not None:
+                    rec[7] = runner.last_launch_seconds
                 inflight.append((core.advance(batch, now), h, rec))
                 if len(inflight) > lag:
                     settle_oldest()
@@ -314,14 +317,14 @@ class LLMEngine:
             iterations += 1
             if step_log is not None:
                 rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context,
-                       t_s - top, t_end - t_run, t_end]  # fmt: skip
+                       t_s - top, t_end - t_run, t_end, runner.last_launch_seconds]  # fmt: skip
                 if core.has_work or nxt >= n:
                     last = rec  # closed at the next loop top
                 else:  # idle next: the phase ends with the bookkeeping
-                    rec[-1] = time.perf_counter() - t_end
+                    rec[6] = time.perf_counter() - t_end
                     step_log.append(ServingStep(*rec))
         if last is not None:
-            last[-1] = time.perf_counter() - last[-1]
+            last[6] = time.perf_counter() - last[6]
             step_log.append(ServingStep(*last))  # type: ignore[union-attr]
         wall = time.perf_counter() - t0
         core.drain_unfinished()

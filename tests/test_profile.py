@@ -81,7 +81,7 @@ def small_profile() -> Profile:
             OverheadSample(5, 2, 107, 3, 2e-5, 0.0, 1e-4, 3e-5, 3),
         ],
         [
-            ServingStep(((64, 1024),), 5, 5000, 4000, 7.5e-5, 0.031, 1.25e-4),
+            ServingStep(((64, 1024),), 5, 5000, 4000, 7.5e-5, 0.031, 1.25e-4, 0.0123),
             ServingStep((), 2, 20, 0, 6e-5, 0.005, 0.0),
         ],
     )
@@ -101,6 +101,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert q.samples[0].device_s == 0.2875 and q.samples[1].device_s is None
     assert q.samples[1].launch_s == 0.0125 and q.samples[0].launch_s is None
     assert q.serving[0].shape.decode_max_context == 4000 and q.serving[0].as_sample().kind == "mixed"
+    assert q.serving[0].launch_s == 0.0123 and q.serving[1].launch_s is None
     # Files written before the serving phase existed still load.
     d = json.loads(path.read_text())
     del d["serving"]
@@ -207,6 +208,7 @@ def _line_of(path: Path, needle: str, nth: int = 0) -> int:
             '"execute_s": 0.0,',
         ),
         (lambda d: d["serving"][0].pop("complete_s"), "serving[0].complete_s", '"decode_max_context": 4000'),
+        (lambda d: d["serving"][0].__setitem__("launch_s", -1.0), "serving[0].launch_s", '"launch_s": -1.0'),
         (lambda d: d["header"].__setitem__("tp", 0), "header.tp", '"tp": 0'),
         (lambda d: d["header"].__setitem__("dtype", "int4"), "header.dtype", '"dtype"'),
         (
@@ -311,6 +313,7 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     for t in prof.serving:
         assert lim.why_not(t.shape) is None
         assert t.execute_s > 0 and t.schedule_s > 0 and t.complete_s > 0
+        assert t.launch_s is not None and 0 < t.launch_s <= t.execute_s
     counts = prof.counts()
     assert counts["decode"] > 0 and counts["prefill"] > 0 and counts["mixed"] > 0
     for s in prof.samples:
