@@ -224,7 +224,7 @@ def test_graphs_and_eager_and_torch_backend_and_async_generate_the_same() -> Non
     assert outs[0][1] != outs[0][len(prompts) + 1]  # the sampled request did not decode greedily
 
 
-def test_profile_on_gpu_times_graph_devices_and_eager_launches() -> None:
+def test_profile_on_gpu_times_graph_devices_and_launches() -> None:
     """The grid's async fields on CUDA: every step has its launch seconds, every graph step its device
     seconds (queued behind another of its shape), and the calibrated model fits both."""
     from backends.calibrated import CalibratedCostModel
