@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from backends.cost_model import BatchShape
 from backends.profile import ServingStep
 from engine.config import EngineConfig
 from engine.model_runner import Launched, ModelRunner
@@ -71,6 +72,14 @@ def synthesize_prompt(req: Request, vocab_size: int, seed: int = 0) -> list[int]
     rng = np.random.default_rng([seed, 1 << 40, req.id])
     out.extend(rng.integers(0, vocab_size, size=req.prompt_len - len(out)).tolist())
     return out
+
+
+def _logged(sh: BatchShape, schedule_s: float, execute_s: float, launch_s: float) -> ServingStep:
+    """A step-log record of shape `sh`; its bookkeeping phase (complete_s) is filled in when it ends."""
+    return ServingStep(
+        tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context,
+        schedule_s, execute_s, 0.0, launch_s,
+    )  # fmt: skip
 
 
 class LLMEngine:
@@ -248,8 +257,10 @@ class LLMEngine:
         skipped = 0.0
         t0 = time.perf_counter()
         iterations = 0
-        last: list | None = None  # the logged step whose bookkeeping phase is still open
-        inflight: deque[tuple[StepInFlight, Launched, list | None]] = deque()
+        # the logged step whose bookkeeping phase is still open, and when that phase began
+        last: tuple[ServingStep, float] | None = None
+        # with async scheduling: each step in flight, and its log record with when it was launched
+        inflight: deque[tuple[StepInFlight, Launched, tuple[ServingStep, float] | None]] = deque()
         last_ids = 0.0  # when the last settled step's ids came back (perf_counter)
 
         def settle_oldest() -> None:
@@ -260,16 +271,15 @@ class LLMEngine:
             core.settle(fl, t_ids - t0 + skipped, tokens)
             iterations += 1
             if rec is not None:  # its period: from the previous ids (or its own launch) to its ids
-                rec[5] = t_ids - max(last_ids, rec[5])
-                step_log.append(ServingStep(*rec))  # type: ignore[union-attr]
+                step, t_launch = rec
+                step_log.append(replace(step, execute_s=t_ids - max(last_ids, t_launch)))  # type: ignore[union-attr]
             last_ids = t_ids
 
         while nxt < n or core.has_work or inflight:
             top = time.perf_counter()
             now = top - t0 + skipped
             if last is not None:  # the bookkeeping phase ran until this loop top
-                last[6] = top - last[6]
-                step_log.append(ServingStep(*last))  # type: ignore[union-attr]
+                step_log.append(replace(last[0], complete_s=top - last[1]))  # type: ignore[union-attr]
                 last = None
             if not core.has_work and not inflight and nxt < n and arrivals[nxt] > now:
                 skipped += float(arrivals[nxt]) - now  # nothing to do until the next arrival
@@ -299,13 +309,10 @@ class LLMEngine:
                 t_sh = time.perf_counter()
                 skipped -= t_sh - t_s  # the log's own time is not the engine's
             if lag:
+                h = runner.launch(batch)
                 rec = None  # phases overlap: only the step's period is logged (as execute_s)
                 if step_log is not None:
-                    rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context, 0.0,
-                           t_sh, 0.0, None]  # fmt: skip
-                h = runner.launch(batch)
-                if rec is not None:
-                    rec[7] = runner.last_launch_seconds
+                    rec = (_logged(sh, 0.0, 0.0, runner.last_launch_seconds), t_sh)
                 inflight.append((core.advance(batch, now), h, rec))
                 if len(inflight) > lag:
                     settle_oldest()
@@ -316,16 +323,13 @@ class LLMEngine:
             core.complete(batch, now, t_end - t0 + skipped, tokens)
             iterations += 1
             if step_log is not None:
-                rec = [tuple(sh.prefill), sh.num_decode, sh.decode_context, sh.decode_max_context,
-                       t_s - top, t_end - t_run, t_end, runner.last_launch_seconds]  # fmt: skip
+                step = _logged(sh, t_s - top, t_end - t_run, runner.last_launch_seconds)
                 if core.has_work or nxt >= n:
-                    last = rec  # closed at the next loop top
+                    last = (step, t_end)  # closed at the next loop top
                 else:  # idle next: the phase ends with the bookkeeping
-                    rec[6] = time.perf_counter() - t_end
-                    step_log.append(ServingStep(*rec))
+                    step_log.append(replace(step, complete_s=time.perf_counter() - t_end))
         if last is not None:
-            last[6] = time.perf_counter() - last[6]
-            step_log.append(ServingStep(*last))  # type: ignore[union-attr]
+            step_log.append(replace(last[0], complete_s=time.perf_counter() - last[1]))  # type: ignore[union-attr]
         wall = time.perf_counter() - t0
         core.drain_unfinished()
         meta = {
