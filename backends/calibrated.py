@@ -869,7 +869,7 @@ class CalibratedCostModel:
             s.num_decode + len(s.prefill) == o.num_seqs for s, o in zip(samples, ov)
         )
         if aligned:  # the profiler writes one overhead record per shape sample, in the same order
-            hashed = np.array([float(s.decode_context + sum(c + n for n, c in s.prefill)) for s in samples])
+            hashed = np.array([float(_context_tokens(s.shape)) for s in samples])
             Xc = np.column_stack([X, hashed])
             cc = _nnls_relative(Xc, yc)
         else:
