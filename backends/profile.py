@@ -25,7 +25,9 @@ Samples may carry decode_max_context (the longest decode context; absent or 0 = 
 evenly), device_s (steps that replay a CUDA graph: median device seconds, from CUDA events around
 the graph and the copy of its ids, the step queued behind another of its shape) and launch_s
 (median host seconds of launching the step: staging its inputs, then Python's kernel launches or
-the graph's replay); async scheduling's model needs both.
+the graph's replay); async scheduling's model needs both. warm_s (median seconds of the same step
+timed a second time, right after the first: in serving, a step mostly follows one of its own shape)
+is recorded to compare the two timings.
 Samples, overhead and serving records are written one per line, so a diff of two
 profiles reads row by row and an error in a hand-edited file points at its line.
 `Profile.load(Profile.save(p))` equals `p` exactly (floats are written with Python's shortest
@@ -141,6 +143,7 @@ class ShapeSample:
     decode_max_context: int = 0  # longest decode context; 0: the contexts are spread evenly
     device_s: float | None = None  # graph steps: median device seconds (events), else None
     launch_s: float | None = None  # median host seconds of the step's launch (staging included)
+    warm_s: float | None = None  # median seconds of the step timed again right after itself
 
     @property
     def shape(self) -> BatchShape:
@@ -565,7 +568,7 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     r.no_extra(
         s, path,
         {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s", "device_s",
-         "launch_s"},
+         "launch_s", "warm_s"},
     )  # fmt: skip
     prefill, nd, ctx, mx = _read_shape(r, s, path)
     times_raw = r.get(s, path, "times_s", list)
@@ -579,7 +582,7 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     if not math.isclose(med, want, rel_tol=1e-9, abs_tol=0.0):
         raise ProfileError(path + ("median_s",), f"is {med!r} but the median of times_s is {want!r}")
     opt: dict[str, float | None] = {}
-    for key in ("device_s", "launch_s"):
+    for key in ("device_s", "launch_s", "warm_s"):
         opt[key] = None
         if key in s:
             opt[key] = r.get(s, path, key, float)
@@ -632,6 +635,8 @@ def _sample_dict(s: ShapeSample) -> dict[str, Any]:
         d["device_s"] = s.device_s
     if s.launch_s is not None:
         d["launch_s"] = s.launch_s
+    if s.warm_s is not None:
+        d["warm_s"] = s.warm_s
     return d
 
 

@@ -72,7 +72,9 @@ def small_profile() -> Profile:
         header(),
         [
             replace(sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]), device_s=0.2875),
-            replace(sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]), launch_s=0.0125),
+            replace(
+                sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]), launch_s=0.0125, warm_s=3e-3
+            ),
             sample([(100, 4096), (7, 0)], 3, 99, [0.05, 0.051]),
             replace(sample([], 3, 3000, [0.02]), decode_max_context=2500),  # uneven contexts
         ],
@@ -100,6 +102,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert q.samples[3].shape.decode_max_context == 2500
     assert q.samples[0].device_s == 0.2875 and q.samples[1].device_s is None
     assert q.samples[1].launch_s == 0.0125 and q.samples[0].launch_s is None
+    assert q.samples[1].warm_s == 3e-3 and q.samples[0].warm_s is None
     assert q.serving[0].shape.decode_max_context == 4000 and q.serving[0].as_sample().kind == "mixed"
     assert q.serving[0].launch_s == 0.0123 and q.serving[1].launch_s is None
     # Files written before the serving phase existed still load.
@@ -209,6 +212,7 @@ def _line_of(path: Path, needle: str, nth: int = 0) -> int:
         ),
         (lambda d: d["serving"][0].pop("complete_s"), "serving[0].complete_s", '"decode_max_context": 4000'),
         (lambda d: d["serving"][0].__setitem__("launch_s", -1.0), "serving[0].launch_s", '"launch_s": -1.0'),
+        (lambda d: d["samples"][1].__setitem__("warm_s", "fast"), "samples[1].warm_s", '"warm_s": "fast"'),
         (lambda d: d["header"].__setitem__("tp", 0), "header.tp", '"tp": 0'),
         (lambda d: d["header"].__setitem__("dtype", "int4"), "header.dtype", '"dtype"'),
         (
@@ -318,7 +322,7 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     assert counts["decode"] > 0 and counts["prefill"] > 0 and counts["mixed"] > 0
     for s in prof.samples:
         assert lim.why_not(s.shape) is None
-        assert s.n == 3 and all(t > 0 for t in s.times_s)
+        assert s.n == 3 and all(t > 0 for t in s.times_s) and s.warm_s is not None and s.warm_s > 0
     # The uneven decode batch (one 32-token context among 8-token ones) is run and recorded as such.
     skewed = [s for s in prof.samples if s.decode_max_context]
     assert [(s.num_decode, s.decode_context, s.decode_max_context) for s in skewed] == [(4, 3 * 8 + 32, 32)]
