@@ -48,6 +48,10 @@ ctx and longest single context max_ctx:
                rest refitted at each point (`_fit_overlap`); the H200 profiles in the repository
                pick 0.65-0.95.
 
+  Where the profile has both graph steps' device times and the serving loop's launches, the decode
+  samples fitted are device time plus the loop's host line (`_as_served`), not the grid's wall: the
+  grid's host part of a graph step ran 0.2 ms over the loop's on an H200 (`_fit_graph_host`).
+
   Each context grows by one token per iteration, so ctx grows by n and max_ctx by 1: a steady
   decode stretch costs a closed function of the iteration index, a + u + v - g * min(u, v) with
   u and v linear in it, which is what `decode_line` returns and what `stage_time` computes for
@@ -111,7 +115,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -900,29 +904,65 @@ class CalibratedCostModel:
 
     def _fit_graph_host(self) -> None:
         """Host seconds of a graph step (staging its inputs, block tables included, and reading its
-        ids back): the profiled wall time less the device time (`ShapeSample.device_s`), fixed + per
-        sequence + per context token (the tables' length) per kind of graph (decode, step), by
-        non-negative least squares on seconds. Without the context term the line missed by 0.77 ms
-        rms on an H200 profile (0.28 ms with it): long-context samples bent it up, and the device
-        part of Azure's ~1k-token decode steps came out 6-8% short. Absent without device times:
-        then async scheduling cannot be simulated from the profile."""
-        pts: dict[str, list[tuple[int, int, float]]] = {"decode": [], "step": []}
+        ids back), fixed + per sequence + per context token (the tables' length) per kind of graph
+        (decode, step), by non-negative least squares on seconds. Without the context term the line
+        missed by 0.77 ms rms on an H200 profile (0.28 ms with it): the block tables' staging grows
+        with the context.
+
+        Where the serving phase records its launches (`ServingStep.launch_s`), the line is fitted to
+        those, plus the grid's median remainder (wall less launch less device time: waking on the
+        step's end, reading the ids). The grid's own launches are not what the loop pays: on an H200
+        host the grid launched a batch-1 decode graph in 0.23-0.32 ms after building its synthetic
+        batch, the loop in 0.11 ms (the same step repeated back to back also took 0.11 ms), and the
+        grid's wall times put Azure's decode steps 3% slow at every batch size. Otherwise the line is
+        the grid's wall less device time. Absent without device times: then async scheduling cannot
+        be simulated from the profile."""
+        grid: dict[str, list[ShapeSample]] = {"decode": [], "step": []}
         for s in self.profile.samples:
             kind = self.graph_kind(s.shape)
             if s.device_s is not None and kind is not None:
-                host = max(0.0, s.median_s - s.device_s)
-                pts[kind].append((s.shape.num_seqs, _context_tokens(s.shape), host))
+                grid[kind].append(s)
+        served: dict[str, list[tuple[BatchShape, float]]] = {"decode": [], "step": []}
+        for t in self.profile.serving:
+            kind = self.graph_kind(t.shape)
+            if t.launch_s is not None and kind is not None:
+                served[kind].append((t.shape, t.launch_s))
         self._graph_host: dict[str, tuple[float, float, float]] = {}
-        for kind, rows in pts.items():
-            if len({(n, c) for n, c, _ in rows}) < 3:
+        self._loop_host: set[str] = set()  # kinds whose line comes from the serving loop's launches
+        for kind in grid:
+            samples = grid[kind]
+            if len({(s.shape.num_seqs, _context_tokens(s.shape)) for s in samples}) < 3:
                 continue
-            X = np.array([[1.0, float(n), float(c)] for n, c, _ in rows])
-            c = _nnls_absolute(X, np.array([h for _, _, h in rows]))
-            self._graph_host[kind] = (float(c[0]), float(c[1]), float(c[2]))
+            rest = [s.median_s - s.launch_s - s.device_s for s in samples if s.launch_s is not None]
+            loop = served[kind]
+            if len({(sh.num_seqs, _context_tokens(sh)) for sh, _ in loop}) >= 3 and rest:
+                pts = [(sh.num_seqs, _context_tokens(sh), x) for sh, x in loop]
+                extra, how = max(0.0, float(np.median(rest))), f"the serving loop's launches ({len(pts)})"
+                self._loop_host.add(kind)
+            else:
+                pts = [(s.shape.num_seqs, _context_tokens(s.shape), s.median_s - s.device_s) for s in samples]
+                pts = [(n, c, max(0.0, h)) for n, c, h in pts]
+                extra, how = 0.0, f"wall less device time ({len(pts)} grid samples)"
+            X = np.array([[1.0, float(n), float(c)] for n, c, _ in pts])
+            c = _nnls_absolute(X, np.array([h for _, _, h in pts]))
+            self._graph_host[kind] = (float(c[0]) + extra, float(c[1]), float(c[2]))
             self.notes.append(
-                f"host part of a {kind} graph step (wall less device time, {len(rows)} samples): "
-                f"{1e6 * c[0]:.0f} + {1e6 * c[1]:.2f} us per sequence + {1e9 * c[2]:.1f} ns per context token"
+                f"host part of a {kind} graph step, from {how}: {1e6 * (c[0] + extra):.0f} + "
+                f"{1e6 * c[1]:.2f} us per sequence + {1e9 * c[2]:.1f} ns per context token"
             )
+
+    def _graph_host_s(self, kind: str, shape: BatchShape) -> float:
+        a, b, c = self._graph_host[kind]
+        return a + b * shape.num_seqs + c * _context_tokens(shape)
+
+    def _as_served(self, s: ShapeSample) -> ShapeSample:
+        """A graph sample as the loop runs it: device time plus the loop's host part, where the host
+        line comes from the serving phase's launches (else the sample as the grid timed it)."""
+        kind = self.graph_kind(s.shape)
+        if s.device_s is None or kind not in self._loop_host:
+            return s
+        t = s.device_s + self._graph_host_s(kind, s.shape)
+        return replace(s, times_s=(t,), median_s=t)
 
     def _fit_eager_launch(self, samples: list[ShapeSample]) -> None:
         """Host seconds of launching an eager step (`ShapeSample.launch_s`: Python's kernel launches,
@@ -965,11 +1005,11 @@ class CalibratedCostModel:
                 f"{src}: needs both pure-decode and prefill samples "
                 f"(has {len(dec)} decode, {len(pre)} with prefill)"
             )
-        self.decode_fit = self._fit_decode(dec)
-        self.prefill_fit = self._fit_eager(pre)
+        self._fit_graph_host()
+        self.decode_fit = self._fit_decode([self._as_served(s) for s in dec])
+        self.prefill_fit = self._fit_eager([self._as_served(s) for s in pre])
         self._fit_eager_scale([s for s in serving if self.as_decode(s.shape) is None])
         self._fit_overhead()
-        self._fit_graph_host()
         self._fit_eager_launch(pre)
         if self.splits_apply:
             plan = {k: self.splits(k) for k in self._dec_keys}
@@ -1056,7 +1096,7 @@ class CalibratedCostModel:
                     f"{self.profile_path or 'profile'}: no device times of {kind} graph steps "
                     "(samples' device_s); profile again with this version to simulate async scheduling"
                 )
-            h = min(ex, line[0] + line[1] * shape.num_seqs + line[2] * _context_tokens(shape))
+            h = min(ex, self._graph_host_s(kind, shape))
             return OverlapParts(sched + h, 0.0, ex - h, comp, True)
         if self.as_decode(shape) is not None or not self.overlapped:  # eager decodes, CPU devices: serial
             ex = self._execute(shape)

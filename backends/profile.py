@@ -199,9 +199,9 @@ class ServingStep:
     bookkeeping when the replica then went idle). On a busy host the CPU phases run several times
     slower than when timed in a tight loop (caches and clocks are cold after each wait on the
     device), which is why they are measured here. `launch_s` is the host part of execute_s that
-    queued the step (`ModelRunner.launch`), to hold beside the grid's: on an H200 the grid launched
-    a batch-1 decode graph in 0.17-0.39 ms while the served steps ran within 0.1 ms of the device
-    time, a gap not yet explained (README).
+    queued the step (`ModelRunner.launch`): the calibrated model takes graph steps' host part from
+    these, because the grid's launches run slow (on an H200 host 0.23-0.32 ms for a batch-1 decode
+    graph after building a synthetic batch, against 0.11 ms in the loop).
     """
 
     prefill: tuple[tuple[int, int], ...]

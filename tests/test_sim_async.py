@@ -11,6 +11,7 @@ import pytest
 
 from backends.calibrated import CalibratedCostModel
 from backends.cost_model import BatchShape, OverlapParts, ParallelLayout
+from backends.profile import ServingStep
 from benchmarks.metrics import compute_metrics
 from sim.config import SimConfig
 from sim.simulator import simulate
@@ -91,6 +92,41 @@ def test_calibrated_model_hides_the_host_under_the_device() -> None:
     p16 = m.parts(BatchShape([], 16, 16 * 400))
     per_step = p16["schedule"] + p16["complete"] + H0 + H1 * 16 + H2 * 16 * 400
     assert (t_sync - t_async) / 400 == pytest.approx(per_step, rel=0.1)
+
+
+def test_the_serving_loops_launches_set_the_host_part_of_graph_steps() -> None:
+    """The grid's own launches of a graph step run slow (cold host path after building its batch);
+    where the serving phase logged its launches, a graph step is its device time plus the loop's host
+    line plus the grid's remainder (wall less launch less device), in the sync model as in the async one."""
+    G0, REST = 4e-4, 3e-5  # the grid's launch: 400 us more than the loop's; 30 us after the device
+    prof = _profile_with_device_times()
+    loop_line = (1e-4, 1e-6, 2e-9)
+
+    def loop(shape: BatchShape) -> float:
+        return loop_line[0] + loop_line[1] * shape.num_seqs + loop_line[2] * shape.decode_context
+
+    samples = []
+    for s in prof.samples:
+        if s.device_s is not None:  # the grid: wall = its (slow) launch + device + the remainder
+            launch = G0 + loop(s.shape)
+            s = replace(s, launch_s=launch, times_s=(launch + s.device_s + REST,))
+            s = replace(s, median_s=s.times_s[0])
+        samples.append(s)
+    served = [
+        ServingStep((), n, n * c, 0, 1e-4, 0.01, 1e-4, loop(BatchShape([], n, n * c)))
+        for n in (1, 3, 8, 20, 64) for c in (300, 2000, 9000)
+    ]  # fmt: skip
+    grid_only = CalibratedCostModel(profile=replace(prof, samples=samples))
+    m = CalibratedCostModel(profile=replace(prof, samples=samples, serving=served))
+    assert m._graph_host["decode"] == pytest.approx((loop_line[0] + REST, *loop_line[1:]), rel=1e-6)
+    for n, c in ((1, 500), (12, 3000), (48, 1500)):
+        shape = BatchShape([], n, n * c)
+        device = true_execute(shape) - (H0 + H1 * n + H2 * n * c)  # the samples' device time
+        ex = m.parts(shape)["execute"]
+        assert ex == pytest.approx(device + loop(shape) + REST, rel=0.02)
+        assert grid_only.parts(shape)["execute"] - ex == pytest.approx(G0, rel=0.05)
+        lead, _, dev, _, graphed = m.overlap_parts(shape)
+        assert graphed and dev == pytest.approx(ex - loop(shape) - REST, rel=1e-6)
 
 
 def test_measured_eager_launch_times_set_the_launch_part() -> None:
