@@ -909,14 +909,18 @@ class CalibratedCostModel:
         missed by 0.77 ms rms on an H200 profile (0.28 ms with it): the block tables' staging grows
         with the context.
 
-        Where the serving phase records its launches (`ServingStep.launch_s`), the line is fitted to
-        those, plus the grid's median remainder (wall less launch less device time: waking on the
-        step's end, reading the ids). The grid's own launches are not what the loop pays: on an H200
-        host the grid launched a batch-1 decode graph in 0.23-0.32 ms after building its synthetic
-        batch, the loop in 0.11 ms (the same step repeated back to back also took 0.11 ms), and the
-        grid's wall times put Azure's decode steps 3% slow at every batch size. Otherwise the line is
-        the grid's wall less device time. Absent without device times: then async scheduling cannot
-        be simulated from the profile."""
+        Where the serving phase records its launches (`ServingStep.launch_s`), the line is the
+        grid's launches' slopes at the loop's level, plus the grid's median remainder (wall less
+        launch less device time: waking on the step's end, reading the ids). The grid's own launches
+        run slow: on H200 hosts the grid launched a decode graph 0.1-0.2 ms slower than the loop did
+        (a batch-1 graph in 0.23-0.32 ms after building its synthetic batch; the loop in 0.11-0.19 ms,
+        as did the same step repeated back to back), and the grid's wall times put Azure's decode
+        steps 3% slow at every batch size on one host. The slopes come from the grid because the
+        serving phase's contexts stay short (~2k tokens a sequence), where sequences and context
+        tokens cannot be told apart: fitted there, one host's line had no context term and put
+        Mooncake's long-context decode steps 5% fast. Without serving launches the line is the grid's
+        wall less device time. Absent without device times: then async scheduling cannot be
+        simulated from the profile."""
         grid: dict[str, list[ShapeSample]] = {"decode": [], "step": []}
         for s in self.profile.samples:
             kind = self.graph_kind(s.shape)
@@ -933,21 +937,26 @@ class CalibratedCostModel:
             samples = grid[kind]
             if len({(s.shape.num_seqs, _context_tokens(s.shape)) for s in samples}) < 3:
                 continue
-            rest = [s.median_s - s.launch_s - s.device_s for s in samples if s.launch_s is not None]
+            timed = [s for s in samples if s.launch_s is not None]
             loop = served[kind]
-            if len({(sh.num_seqs, _context_tokens(sh)) for sh, _ in loop}) >= 3 and rest:
-                pts = [(sh.num_seqs, _context_tokens(sh), x) for sh, x in loop]
-                extra, how = max(0.0, float(np.median(rest))), f"the serving loop's launches ({len(pts)})"
+            if loop and len({(s.shape.num_seqs, _context_tokens(s.shape)) for s in timed}) >= 3:
+                # Slopes from the grid's launches, which span long contexts (the serving phase's stay
+                # short, where sequences and context tokens cannot be told apart); the fixed part
+                # from the loop's, as the mean offset of its launches from those slopes.
+                X = np.array([[1.0, s.shape.num_seqs, _context_tokens(s.shape)] for s in timed])
+                c = _nnls_absolute(X, np.array([s.launch_s for s in timed]))
+                off = [x - c[1] * sh.num_seqs - c[2] * _context_tokens(sh) for sh, x in loop]
+                rest = [s.median_s - s.launch_s - s.device_s for s in timed]
+                c[0] = max(0.0, float(np.mean(off))) + max(0.0, float(np.median(rest)))
+                how = f"the grid's launches, offset to the serving loop's ({len(loop)})"
                 self._loop_host.add(kind)
             else:
-                pts = [(s.shape.num_seqs, _context_tokens(s.shape), s.median_s - s.device_s) for s in samples]
-                pts = [(n, c, max(0.0, h)) for n, c, h in pts]
-                extra, how = 0.0, f"wall less device time ({len(pts)} grid samples)"
-            X = np.array([[1.0, float(n), float(c)] for n, c, _ in pts])
-            c = _nnls_absolute(X, np.array([h for _, _, h in pts]))
-            self._graph_host[kind] = (float(c[0]) + extra, float(c[1]), float(c[2]))
+                X = np.array([[1.0, s.shape.num_seqs, _context_tokens(s.shape)] for s in samples])
+                c = _nnls_absolute(X, np.array([max(0.0, s.median_s - s.device_s) for s in samples]))
+                how = f"wall less device time ({len(samples)} grid samples)"
+            self._graph_host[kind] = (float(c[0]), float(c[1]), float(c[2]))
             self.notes.append(
-                f"host part of a {kind} graph step, from {how}: {1e6 * (c[0] + extra):.0f} + "
+                f"host part of a {kind} graph step, from {how}: {1e6 * c[0]:.0f} + "
                 f"{1e6 * c[1]:.2f} us per sequence + {1e9 * c[2]:.1f} ns per context token"
             )
 
