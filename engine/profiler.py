@@ -19,7 +19,8 @@ preparation (`ModelRunner.prepare`) and the greedy token pick (argmax to the hos
 it (recorded to split the step in reports; decode steps under CUDA graphs stage their inputs in the
 graph's own buffers instead). For async scheduling's model, each timed round also records the step's
 host launch seconds and, for a graph step, its device seconds when queued right behind another of
-its shape, as the loop runs them one step ahead.
+its shape, as the loop runs them one step ahead; and, for comparison, the step timed a second time
+right after itself (`warm_s`: in serving a step mostly follows one of its own shape).
 
 Last, a serving phase (engine/profile_serving.py) replays a synthetic load ramp through the
 engine's own loop and records every iteration's shape and the seconds of its schedule, execute and
