@@ -374,6 +374,8 @@ def recompute(
     )
     if old.get("repeats"):
         errors["repeats"] = repeat_summary(repeated_runs(old["repeats"]), predicted.metrics, errors["target"])
+    if old.get("gpu"):
+        errors["gpu"] = old["gpu"]  # what the card did during the measured run
     errors["trace_spec"] = spec
     errors["time_limit"] = old.get("time_limit", cfg.horizon)
     errors["seed"] = old.get("seed", cfg.seed)

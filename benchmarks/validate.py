@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,6 +378,7 @@ def validate(
     """
     from engine.llm_engine import LLMEngine
     from engine.profiler import ProfileGrid, profile_runner
+    from engine.telemetry import TelemetryLog, open_gpu_telemetry
 
     say = progress or (lambda _m: None)
     notes: list[str] = []
@@ -443,7 +445,12 @@ def validate(
         capacity = None
     say(f"engine replay of {len(trace)} requests")
     steps: list[ServingStep] = []
-    measured = engine.replay(trace, seed=seed, time_limit=time_limit, step_log=steps)
+    reader, why_none = open_gpu_telemetry(engine.runner.device)
+    with TelemetryLog(reader) as gpu_log:  # clocks and power cap: the run's own, beside the profile's
+        t_replay = time.perf_counter()
+        measured = engine.replay(trace, seed=seed, time_limit=time_limit, step_log=steps)
+    if why_none:
+        notes.append(why_none)
     say("simulating")
     predicted = Simulation(trace, cfg, cost=cost).run()
     label_runs(measured, predicted, cost)
@@ -461,6 +468,8 @@ def validate(
     if bad:
         raise AssertionError(f"simulated replica does not mirror the engine in: {', '.join(bad)}")
     errors = summarize(measured, predicted, table, cost, mirror, target, notes, capacity)
+    if reader is not None:
+        errors["gpu"] = gpu_log.record(t_replay)
     if repeats > 1:
         runs = [measured.metrics]
         for i in range(1, repeats):

@@ -495,6 +495,12 @@ def format_errors(errors: dict) -> str:
             f"iteration time |error|: median {it['median_abs_rel_error']:.1%}, "
             f"p90 {it['p90_abs_rel_error']:.1%} over {it['n']} iterations"
         )
+    if errors.get("gpu"):
+        from engine.telemetry import describe
+
+        lines.append(describe(errors["gpu"]["summary"], "the measured run"))
+        if errors["gpu"].get("error"):
+            lines.append(errors["gpu"]["error"])
     worst = [r for r in errors["iterations"].get("by_path", [])[:3] if r["rel_error"] is not None]
     if worst:
         lines.append(

@@ -56,6 +56,7 @@ import numpy as np
 from backends.cost_model import BatchShape
 from backends.profile import OverheadSample, Profile, ProfileHeader, ShapeSample, canonical_dtype
 from engine.config import EngineConfig
+from engine.telemetry import TelemetryLog, describe, open_gpu_telemetry, summarize
 from policies.kv.block_manager import BlockManager
 from policies.scheduling.base import SCHEDULERS, SchedulerConfig
 from policies.scheduling.batch import ScheduledBatch
@@ -521,25 +522,27 @@ def profile_runner(
                 release(batch, kv)
         # Timed rounds: each round times every shape once, in the interleaved order, so that (as in
         # serving) consecutive steps differ in shape and no step finds its predecessor's data hot.
-        for r in range(repeats):
-            for i, shape in enumerate(shapes):
-                if i not in overhead or spent():
-                    continue
-                batch = build_batch(shape, kv, synth)
-                try:
-                    times[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
-                    launch[i].append(runner.last_launch_seconds)
-                    # In serving a step mostly follows one of its own shape (the same graph): on
-                    # H200 hosts the loop ran batch-1 decode graphs 2-5% under the grid's time.
-                    warm[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
-                    if runner.runs_graph(batch) and (d := _back_to_back(runner, batch)) is not None:
-                        device[i].append(d)
-                finally:
-                    release(batch, kv)
-            say(
-                f"round {r + 1}/{repeats}: {sum(1 for t in times if len(t) > r)} of {len(shapes)} "
-                "shapes timed"
-            )
+        reader, why_none = open_gpu_telemetry(runner.device)
+        with TelemetryLog(reader) as grid_log:
+            for r in range(repeats):
+                for i, shape in enumerate(shapes):
+                    if i not in overhead or spent():
+                        continue
+                    batch = build_batch(shape, kv, synth)
+                    try:
+                        times[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
+                        launch[i].append(runner.last_launch_seconds)
+                        # In serving a step mostly follows one of its own shape (the same graph): on
+                        # H200 hosts the loop ran batch-1 decode graphs 2-5% under the grid's time.
+                        warm[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
+                        if runner.runs_graph(batch) and (d := _back_to_back(runner, batch)) is not None:
+                            device[i].append(d)
+                    finally:
+                        release(batch, kv)
+                say(
+                    f"round {r + 1}/{repeats}: {sum(1 for t in times if len(t) > r)} of {len(shapes)} "
+                    "shapes timed"
+                )
     samples: list[ShapeSample] = []
     over: list[OverheadSample] = []
     for i, shape in enumerate(shapes):
@@ -567,15 +570,24 @@ def profile_runner(
         )
         say(notes[-1])
     serving = []
+    serving_log = TelemetryLog(None)
     if serving_seconds is None:
         serving_seconds = grid.serving_seconds
     if engine is not None and serving_seconds > 0 and samples:
         from engine.profile_serving import profile_serving
 
         say(f"serving phase: {serving_seconds:g} s of the engine's loop under a synthetic load ramp")
-        serving, note = profile_serving(engine, samples, serving_seconds, seed)
+        with TelemetryLog(reader) as serving_log:
+            serving, note = profile_serving(engine, samples, serving_seconds, seed)
         notes.append(note)
         say(note)
+    if reader is not None:
+        notes.append(describe(summarize(grid_log.samples), "the grid's timed rounds"))
+        if serving:
+            notes.append(describe(summarize(serving_log.samples), "the serving phase"))
+        notes += [x.error for x in (grid_log, serving_log) if x.error]
+    elif why_none:
+        notes.append(why_none)
     graphs = runner.graphs
     header = ProfileHeader(
         device=runner.device.name,

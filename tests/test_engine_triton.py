@@ -461,3 +461,14 @@ def test_split_gemv_consumers_match_unsplit(dtype) -> None:
         gu = lin(x, w).float()
         want = (torch.nn.functional.silu(gu[:, :384]) * gu[:, 384:]).to(dtype)
         torch.testing.assert_close(silu_and_mul_parts(gemv_split(w, x, cfg), dtype), want, **tol)
+
+
+def test_gpu_telemetry_reads_the_card() -> None:
+    """NVML through ctypes on the real driver: a clock, a power draw and a temperature."""
+    from engine.device import get_device
+    from engine.telemetry import open_gpu_telemetry
+
+    reader, why = open_gpu_telemetry(get_device("cuda"))
+    assert reader is not None, why
+    s = reader()
+    assert 100 < s.sm_mhz < 5000 and 100 < s.mem_mhz < 10000 and 0 < s.power_w < 2000 and 0 < s.temp_c < 120
