@@ -329,12 +329,18 @@ def test_recompute_in_place_keeps_the_measured_run(run, tmp_path: Path) -> None:
     shared = (tmp_path / "shared.json")
     (d / "profile.json").rename(shared)
     (d / "profile.json").symlink_to(shared)
+    # what the card did during the measured run (GPU runs only) stays with it
+    gpu = {"summary": {"samples": 2, "sm_clock_mhz_mean": 1890.0, "sm_clock_mhz_min": 1800.0,
+                       "sm_clock_mhz_max": 1980.0, "power_w_mean": 600.0, "power_capped_share": 0.5,
+                       "temp_c_max": 60}, "samples": [], "error": None}  # fmt: skip
+    (d / "errors.json").write_text(json.dumps({**first, "gpu": gpu}))
     recompute(d, png=False)
     recompute(d, png=False)  # twice: "previous" is the first recompute, "original" the measured report's
     after = {p.name: p.read_bytes() for p in (d / "measured").iterdir()}
     assert before == after and (d / "profile.json").is_symlink()
     e = json.loads((d / "errors.json").read_text())
-    assert e["original"]["headline"] == first["headline"]
+    assert e["original"]["headline"] == first["headline"] and e["gpu"] == gpu
+    assert "GPU during the measured run: SM clock mean 1890 MHz" in format_errors(e)
     assert e["previous"]["metrics"] == [
         {k: r[k] for k in ("metric", "stat", "label", "predicted", "rel_error")} for r in e["metrics"]
     ]
