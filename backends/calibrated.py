@@ -115,6 +115,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -410,6 +411,16 @@ def _cpu_row(shape: BatchShape, graphed: bool = False) -> list[float]:
 def _context_tokens(shape: BatchShape) -> int:
     """Tokens the step's block tables cover: every decode's context, every prefill's prefix and chunk."""
     return shape.decode_context + sum(n + c for n, c in shape.prefill)
+
+
+def _host_rows(shapes: Iterable[BatchShape]) -> np.ndarray:
+    """Design rows of a graph step's host line: fixed, per sequence, per context token."""
+    return np.array([[1.0, sh.num_seqs, _context_tokens(sh)] for sh in shapes], dtype=float)
+
+
+def _distinct_sizes(shapes: Iterable[BatchShape]) -> int:
+    """How many distinct (sequences, context tokens) points the shapes give a host line."""
+    return len({(sh.num_seqs, _context_tokens(sh)) for sh in shapes})
 
 
 def _overhead_row(o: OverheadSample) -> list[float]:
@@ -933,26 +944,24 @@ class CalibratedCostModel:
                 served[kind].append((t.shape, t.launch_s))
         self._graph_host: dict[str, tuple[float, float, float]] = {}
         self._loop_host: set[str] = set()  # kinds whose line comes from the serving loop's launches
-        for kind in grid:
-            samples = grid[kind]
-            if len({(s.shape.num_seqs, _context_tokens(s.shape)) for s in samples}) < 3:
+        for kind, samples in grid.items():
+            if _distinct_sizes(s.shape for s in samples) < 3:
                 continue
             timed = [s for s in samples if s.launch_s is not None]
             loop = served[kind]
-            if loop and len({(s.shape.num_seqs, _context_tokens(s.shape)) for s in timed}) >= 3:
+            if loop and _distinct_sizes(s.shape for s in timed) >= 3:
                 # Slopes from the grid's launches, which span long contexts (the serving phase's stay
                 # short, where sequences and context tokens cannot be told apart); the fixed part
                 # from the loop's, as the mean offset of its launches from those slopes.
-                X = np.array([[1.0, s.shape.num_seqs, _context_tokens(s.shape)] for s in timed])
-                c = _nnls_absolute(X, np.array([s.launch_s for s in timed]))
+                c = _nnls_absolute(_host_rows(s.shape for s in timed), np.array([s.launch_s for s in timed]))
                 off = [x - c[1] * sh.num_seqs - c[2] * _context_tokens(sh) for sh, x in loop]
                 rest = [s.median_s - s.launch_s - s.device_s for s in timed]
                 c[0] = max(0.0, float(np.mean(off))) + max(0.0, float(np.median(rest)))
                 how = f"the grid's launches, offset to the serving loop's ({len(loop)})"
                 self._loop_host.add(kind)
             else:
-                X = np.array([[1.0, s.shape.num_seqs, _context_tokens(s.shape)] for s in samples])
-                c = _nnls_absolute(X, np.array([max(0.0, s.median_s - s.device_s) for s in samples]))
+                host = np.array([max(0.0, s.median_s - s.device_s) for s in samples])
+                c = _nnls_absolute(_host_rows(s.shape for s in samples), host)
                 how = f"wall less device time ({len(samples)} grid samples)"
             self._graph_host[kind] = (float(c[0]), float(c[1]), float(c[2]))
             self.notes.append(

@@ -319,6 +319,12 @@ def _time(
     return [once() for _ in range(repeats)]
 
 
+def _telemetry_notes(log: TelemetryLog, what: str) -> list[str]:
+    """Profile header notes of what the card did during one phase (a summary, and why sampling
+    stopped if it did)."""
+    return [describe(summarize(log.samples), what)] + ([log.error] if log.error else [])
+
+
 def _back_to_back(runner: ModelRunner, batch: ScheduledBatch) -> float | None:
     """Device seconds of a graph step queued behind another of its shape, as async scheduling runs
     them: the events of a step launched onto an idle device timed a batch-1 decode graph ~5% faster
@@ -543,6 +549,7 @@ def profile_runner(
                     f"round {r + 1}/{repeats}: {sum(1 for t in times if len(t) > r)} of {len(shapes)} "
                     "shapes timed"
                 )
+        gpu_notes = _telemetry_notes(grid_log, "the grid's timed rounds") if reader else [why_none]
     samples: list[ShapeSample] = []
     over: list[OverheadSample] = []
     for i, shape in enumerate(shapes):
@@ -570,7 +577,6 @@ def profile_runner(
         )
         say(notes[-1])
     serving = []
-    serving_log = TelemetryLog(None)
     if serving_seconds is None:
         serving_seconds = grid.serving_seconds
     if engine is not None and serving_seconds > 0 and samples:
@@ -581,13 +587,9 @@ def profile_runner(
             serving, note = profile_serving(engine, samples, serving_seconds, seed)
         notes.append(note)
         say(note)
-    if reader is not None:
-        notes.append(describe(summarize(grid_log.samples), "the grid's timed rounds"))
-        if serving:
-            notes.append(describe(summarize(serving_log.samples), "the serving phase"))
-        notes += [x.error for x in (grid_log, serving_log) if x.error]
-    elif why_none:
-        notes.append(why_none)
+        if reader:
+            gpu_notes += _telemetry_notes(serving_log, "the serving phase")
+    notes += [n for n in gpu_notes if n]
     graphs = runner.graphs
     header = ProfileHeader(
         device=runner.device.name,
