@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import torch
 
+from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from engine.model_spec import DecoderSpec, RopeScaling
 from policies.kv.block_manager import BlockManager
@@ -60,6 +61,20 @@ def tiny_spec(family: str = "llama", **overrides) -> DecoderSpec:
         name=f"tiny-{family}",
     )
     return replace(base, **overrides)
+
+
+def tiny_engine_config(device: str = "cpu", **overrides) -> EngineConfig:
+    """An engine of `tiny_spec("llama")` with a small KV pool (40 blocks of 4 tokens) and small
+    budgets (48 tokens, 6 sequences a step), so that a profile's grid and limits stay small."""
+    base: dict = dict(
+        model=tiny_spec("llama"),
+        device=device,
+        block_size=4,
+        num_kv_blocks=40,
+        max_num_batched_tokens=48,
+        max_num_seqs=6,
+    )
+    return EngineConfig(**(base | overrides))
 
 
 def make_seq(req_id: int, prompt: list[int], output_len: int = 8) -> Sequence:

@@ -8,9 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import LLMEngine, synthesize_prompt  # noqa: E402
-from engine.testing import single_thread, tiny_spec  # noqa: E402
+from engine.testing import single_thread, tiny_engine_config  # noqa: E402
 from traces.schema import Request, Trace  # noqa: E402
 
 
@@ -32,16 +31,7 @@ def _trace() -> Trace:
 
 
 def test_replay_serves_every_request_with_its_trace_lengths() -> None:
-    eng = LLMEngine(
-        EngineConfig(
-            model=tiny_spec("llama"),
-            device="cpu",
-            block_size=4,
-            num_kv_blocks=80,
-            max_num_batched_tokens=24,
-            max_num_seqs=4,
-        )
-    )
+    eng = LLMEngine(tiny_engine_config(num_kv_blocks=80, max_num_batched_tokens=24, max_num_seqs=4))
     res = eng.replay(_trace())
     req = res.requests
     assert list(req["status"]) == ["finished"] * 6
@@ -60,11 +50,7 @@ def test_replay_serves_every_request_with_its_trace_lengths() -> None:
 
 
 def test_step_log_times_every_iteration_and_keeps_the_clock() -> None:
-    cfg = EngineConfig(
-        model=tiny_spec("llama"), device="cpu", block_size=4, num_kv_blocks=80, max_num_batched_tokens=24,
-        max_num_seqs=4,
-    )  # fmt: skip
-    eng = LLMEngine(cfg)
+    eng = LLMEngine(tiny_engine_config(num_kv_blocks=80, max_num_batched_tokens=24, max_num_seqs=4))
     log: list = []
     res = eng.replay(_trace(), step_log=log)
     it = res.iterations

@@ -228,20 +228,10 @@ def test_profile_on_gpu_times_graph_devices_and_launches() -> None:
     """The grid's async fields on CUDA: every step has its launch seconds, every graph step its device
     seconds (queued behind another of its shape), and the calibrated model fits both."""
     from backends.calibrated import CalibratedCostModel
-    from engine.config import EngineConfig
     from engine.profiler import profile_engine
-    from engine.testing import tiny_spec
+    from engine.testing import tiny_engine_config
 
-    cfg = EngineConfig(
-        model=tiny_spec("llama"),
-        device="cuda",
-        block_size=4,
-        num_kv_blocks=40,
-        max_num_batched_tokens=48,
-        max_num_seqs=6,
-        step_graph_tokens=16,  # longer steps run eager
-        seed=5,
-    )
+    cfg = tiny_engine_config("cuda", step_graph_tokens=16, seed=5)  # longer steps run eager
     prof = profile_engine(cfg, quick=True, repeats=3, warmup=1, command="test")
     graphed = [s for s in prof.samples if s.device_s is not None]
     eager = [s for s in prof.samples if s.device_s is None]

@@ -285,18 +285,10 @@ def test_decode_contexts_put_the_longest_first() -> None:
 
 
 def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
-    from engine.config import EngineConfig
     from engine.profiler import ProfileGrid, ShapeLimits, grid_shapes, main_profile, profile_engine
-    from engine.testing import single_thread, tiny_spec
+    from engine.testing import single_thread, tiny_engine_config, tiny_spec
 
-    cfg = EngineConfig(
-        model=tiny_spec("llama"),
-        device="cpu",
-        block_size=4,
-        num_kv_blocks=40,
-        max_num_batched_tokens=48,
-        max_num_seqs=6,
-    )
+    cfg = tiny_engine_config()
     with single_thread():
         prof = profile_engine(cfg, quick=True, repeats=3, warmup=1, command="test")
     h = prof.header

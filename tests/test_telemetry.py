@@ -141,3 +141,20 @@ def test_a_failing_reader_stops_sampling_not_the_run() -> None:
     with pytest.raises(ValueError, match="period_s"):
         TelemetryLog(read, period_s=0)
     assert telemetry.REASONS[telemetry.POWER_CAP] == "software power cap"
+
+
+def test_profile_notes_what_the_card_did_in_each_phase(monkeypatch) -> None:
+    """With a reader (here a stand-in: CPU devices have none), the profile's notes give the busy
+    summary of its grid's timed rounds and of its serving phase."""
+    from engine import profiler
+    from engine.testing import single_thread, tiny_engine_config
+
+    monkeypatch.setattr(profiler, "open_gpu_telemetry", lambda device: (_reader([(1900, 0x4)]), None))
+    with single_thread():
+        prof = profiler.profile_engine(
+            tiny_engine_config(), quick=True, repeats=1, warmup=1, serving_seconds=0.5, command="test"
+        )
+    notes = prof.header.notes
+    assert any(n.startswith("serving phase:") for n in notes)
+    for what in ("the grid's timed rounds", "the serving phase"):
+        assert any(n.startswith(f"GPU during {what}: SM clock mean 1900 MHz") for n in notes), what

@@ -19,6 +19,7 @@ from backends.profile import Profile  # noqa: E402
 from benchmarks.report import png_export_available  # noqa: E402
 from benchmarks.validate import (  # noqa: E402
     HEADLINE,
+    ValidationResult,
     error_rows,
     format_errors,
     load_policy,
@@ -32,7 +33,7 @@ from benchmarks.validate import (  # noqa: E402
 )
 from engine.config import EngineConfig  # noqa: E402
 from engine.profiler import ProfileGrid  # noqa: E402
-from engine.testing import single_thread, tiny_spec  # noqa: E402
+from engine.testing import single_thread, tiny_engine_config, tiny_spec  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.results import RunResult  # noqa: E402
 from sim.simulator import simulate  # noqa: E402
@@ -48,16 +49,7 @@ def _one_thread():
 
 
 def engine_config(**kw) -> EngineConfig:
-    base = dict(
-        model=tiny_spec("llama"),
-        device="cpu",
-        block_size=4,
-        num_kv_blocks=160,
-        max_num_batched_tokens=48,
-        max_num_seqs=6,
-    )
-    base.update(kw)
-    return EngineConfig(**base)
+    return tiny_engine_config(**({"num_kv_blocks": 160} | kw))
 
 
 def tiny_trace(n: int = 20, seed: int = 0) -> Trace:
@@ -74,21 +66,25 @@ def tiny_trace(n: int = 20, seed: int = 0) -> Trace:
     )
 
 
+def validate_slice(path: Path, out_dir: Path, profile_repeats: int = 2, **engine_kw) -> ValidationResult:
+    """Validate the trace file at `path` on the tiny engine, profiled on the spot with the quick grid."""
+    return validate(
+        load_trace(path),
+        engine_config(**engine_kw),
+        profile_grid=ProfileGrid.quick(),
+        profile_repeats=profile_repeats,
+        profile_warmup=1,
+        out_dir=out_dir,
+        png=False,
+        trace_spec={"trace": str(path)},
+    )
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("val")
     path = write_trace(tiny_trace(), base / "tiny.jsonl")
-    res = validate(
-        load_trace(path),
-        engine_config(),
-        profile_grid=ProfileGrid.quick(),
-        profile_repeats=2,
-        profile_warmup=1,
-        out_dir=base / "report",
-        png=False,
-        trace_spec={"trace": str(path)},
-    )
-    return res, base / "report"
+    return validate_slice(path, base / "report"), base / "report"
 
 
 def test_validation_run_completes_and_mirrors_the_engine(run) -> None:
@@ -460,16 +456,7 @@ def test_async_validation_mirrors_the_overlapped_loop_and_recomputes(tmp_path: P
     """With async scheduling, engine and simulator both run one step ahead; the iteration table
     holds periods; a recompute rebuilds the same shapes and prediction."""
     path = write_trace(tiny_trace(12, seed=3), tmp_path / "t.jsonl")
-    res = validate(
-        load_trace(path),
-        engine_config(async_scheduling="all"),
-        profile_grid=ProfileGrid.quick(),
-        profile_repeats=1,
-        profile_warmup=1,
-        out_dir=tmp_path / "report",
-        png=False,
-        trace_spec={"trace": str(path)},
-    )
+    res = validate_slice(path, tmp_path / "report", profile_repeats=1, async_scheduling="all")
     assert res.errors["mirror"]["async_scheduling"] == ["all", "all"]
     assert res.sim_config.async_scheduling == "all"
     assert (res.measured.requests["status"] == "finished").all()
