@@ -339,10 +339,6 @@ class DecodeGraphs:
         self.buf[:n].copy_(self._host[self._flip][:n], non_blocking=True)
         return size, sample
 
-    def replay(self, size: int, b: int) -> list[int]:
-        """Run bucket `size` on the staged inputs; returns the greedy ids of the first b rows."""
-        return replay_greedy(self.graphs[size], b)
-
     def logits(self, size: int) -> torch.Tensor:
         """The logits [bucket, vocab] of the last replay of bucket `size` (valid until the next)."""
         return self.graphs[size][1]
