@@ -91,6 +91,13 @@ class ProfileGrid:
     decode_batch: tuple[int, ...] = _DECODE_BATCHES  # bucket sizes and sizes padded up to one
     decode_context: tuple[int, ...] = (128, 512, 2048, 8192)
     decode_fill_pool: bool = True  # per batch size, also the longest context the KV pool holds
+    # Contexts of a decode sample spread linearly from (1 - s) to (1 + s) times the grid's value
+    # (see `decode_contexts`), as served batches mix them (the decode steps of an Azure replay had a
+    # longest context 1.75x the mean at the median). On an H200 (host U), 2048-token means: a ramp
+    # cost 10.57 ms of device time against 9.62 uniform at 80 rows (one wave: the longest program
+    # shows), but 12.27 against 12.55 at 96 rows, where a uniform batch's programs end together and
+    # leave a last wave a little over a whole one that a mixed batch fills.
+    decode_spread: float = 0.5
     # uneven decode batches: one sequence at a long context among short ones. The paged-attention
     # launch lasts as long as its longest program, which uniform contexts cannot tell apart from the
     # bulk per-token cost (for a uniform batch the longest context is the sum over n); served batches
@@ -158,16 +165,44 @@ class ShapeLimits:
 
 
 def decode_contexts(shape: BatchShape) -> list[int]:
-    """Per-sequence contexts of the shape's decodes: one at `decode_max_context` when that is given,
-    the rest of the sum spread as evenly as possible."""
+    """Per-sequence contexts of the shape's decodes, the longest first.
+
+    Without `decode_max_context`: the sum spread as evenly as possible. With it: a linear ramp from
+    2 x mean - max up to the max (integers, summing exactly, longest and shortest alternating, as
+    served batches interleave old and new requests) when that ramp keeps every context >= 1;
+    otherwise one sequence at the max and the rest even (one long prompt among short ones). A cost
+    model sees only the sum and the max; this is how the profiler lays them out.
+    """
     nd, total, mx = shape.num_decode, shape.decode_context, shape.decode_max_context
     if nd == 0:
         return []
+    if mx and nd > 1 and 2 * total - mx * nd >= nd:
+        return _ramp(nd, total, mx)
     head: list[int] = []
     if mx and nd > 1 and mx * nd > total:
         head, nd, total = [mx], nd - 1, total - mx
     q, r = divmod(total, nd)
     return head + [q + 1] * r + [q] * (nd - r)
+
+
+def _ramp(nd: int, total: int, mx: int) -> list[int]:
+    """`nd` integers summing to `total`, linearly spaced from mx down to 2 * total / nd - mx (exact
+    rational steps, rounded down, the remainder added to the largest fractional parts)."""
+    step_num, den = 2 * (mx * nd - total), nd * (nd - 1)
+    vals = [mx - (-(-step_num * i // den)) for i in range(nd)]
+    frac = sorted(range(1, nd), key=lambda i: (-((-step_num * i) % den), i))
+    for i in frac[: total - sum(vals)]:
+        vals[i] += 1
+    vals.sort(reverse=True)
+    return [vals[i // 2] if i % 2 == 0 else vals[nd - 1 - i // 2] for i in range(nd)]
+
+
+def spread_decode(num_decode: int, context: int, spread: float) -> BatchShape:
+    """A decode sample of `num_decode` sequences averaging `context` tokens, spread +-`spread` x
+    context around it (`decode_contexts`' ramp); even when the spread rounds to nothing."""
+    widen = min(round(spread * context), context - 1) if num_decode > 1 else 0
+    total = num_decode * context
+    return BatchShape([], num_decode, total, context + widen if widen > 0 else 0)
 
 
 def grid_shapes(grid: ProfileGrid, limits: ShapeLimits) -> tuple[list[BatchShape], list[str]]:
@@ -179,11 +214,13 @@ def grid_shapes(grid: ProfileGrid, limits: ShapeLimits) -> tuple[list[BatchShape
     for b in grid.decode_batch:
         ctxs = [c for c in grid.decode_context if c >= 2]
         if grid.decode_fill_pool:
-            per_seq = min(limits.max_model_len, (limits.num_blocks // max(b, 1)) * limits.block_size)
+            # the ramp's longest context within max_model_len; a block per sequence for rounding up
+            widest = int(limits.max_model_len / (1 + grid.decode_spread)) if b > 1 else limits.max_model_len
+            per_seq = min(widest, (limits.num_blocks // max(b, 1) - (b > 1)) * limits.block_size)
             if per_seq >= 2 and per_seq not in ctxs and per_seq > max(ctxs, default=0) // 2:
                 ctxs.append(per_seq)
         for c in ctxs:
-            dec.append(BatchShape([], b, b * c))
+            dec.append(spread_decode(b, c, grid.decode_spread))
     short = grid.skewed_decode_short
     for b in grid.skewed_decode_batch:
         for long in grid.skewed_decode_long:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backends.cost_model import BatchShape
 from backends.profile import (
     FORMAT,
     OverheadSample,
@@ -274,14 +275,33 @@ torch = pytest.importorskip("torch")
 
 
 def test_decode_contexts_put_the_longest_first() -> None:
-    from backends.cost_model import BatchShape
-    from engine.profiler import decode_contexts
+    from engine.profiler import decode_contexts, spread_decode
 
     assert decode_contexts(BatchShape([], 4, 10)) == [3, 3, 2, 2]
-    assert decode_contexts(BatchShape([], 4, 3 * 8 + 32, 32)) == [32, 8, 8, 8]
+    assert decode_contexts(BatchShape([], 4, 3 * 8 + 32, 32)) == [32, 8, 8, 8]  # no ramp reaches 32
     assert decode_contexts(BatchShape([], 3, 3 * 7 + 1, 8)) == [8, 7, 7]
     assert decode_contexts(BatchShape([], 1, 9, 9)) == [9]
     assert decode_contexts(BatchShape([], 3, 9, 3)) == [3, 3, 3]  # the even share: nothing stands out
+    # A max within twice the mean is a ramp, longest and shortest alternating.
+    assert decode_contexts(BatchShape([], 5, 500, 150)) == [150, 50, 125, 75, 100]
+    assert decode_contexts(spread_decode(4, 100, 0.5)) == [150, 50, 117, 83]
+    assert spread_decode(1, 100, 0.5) == BatchShape([], 1, 100)
+    assert spread_decode(4, 100, 0.0) == BatchShape([], 4, 400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 20000), st.data())
+def test_decode_contexts_keep_the_shapes_sum_and_max(nd: int, mean: int, data) -> None:
+    from engine.profiler import decode_contexts
+
+    total = nd * mean + data.draw(st.integers(0, nd - 1))
+    mx = data.draw(st.integers(-(-total // nd), total - nd + 1))
+    ctx = decode_contexts(BatchShape([], nd, total, mx))
+    assert len(ctx) == nd and sum(ctx) == total and ctx[0] == max(ctx) == mx and min(ctx) >= 1
+    if nd > 1 and 2 * total - mx * nd >= nd:  # the ramp: each value within 1 of the exact line
+        lo = 2 * total / nd - mx
+        for i, c in enumerate(sorted(ctx, reverse=True)):
+            assert abs(c - (mx - (mx - lo) * i / (nd - 1))) < 1
 
 
 def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
@@ -315,9 +335,14 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     for s in prof.samples:
         assert lim.why_not(s.shape) is None
         assert s.n == 3 and all(t > 0 for t in s.times_s) and s.warm_s is not None and s.warm_s > 0
-    # The uneven decode batch (one 32-token context among 8-token ones) is run and recorded as such.
-    skewed = [s for s in prof.samples if s.decode_max_context]
-    assert [(s.num_decode, s.decode_context, s.decode_max_context) for s in skewed] == [(4, 3 * 8 + 32, 32)]
+    # The uneven decode batch (one 32-token context among 8-token ones) is run and recorded as such;
+    # the grid's other decode samples of 2+ sequences spread their contexts +-50% (ProfileGrid.decode_spread).
+    dec = [(s.num_decode, s.decode_context, s.decode_max_context) for s in prof.samples if not s.prefill]
+    assert (4, 3 * 8 + 32, 32) in dec
+    spread = [BatchShape([], n, n * c, c + c // 2 if n > 1 else 0) for n in (1, 2, 3, 4, 6) for c in (8, 32)]
+    assert {(n, ctx, mx) for n, ctx, mx in dec if mx != 32} == {
+        (s.num_decode, s.decode_context, s.decode_max_context) for s in spread if lim.why_not(s) is None
+    }
     for s, o in zip(prof.samples, prof.overhead):
         assert o.num_seqs == s.shape.num_seqs and o.num_prefill_seqs == len(s.prefill)
         assert o.prefill_tokens == s.shape.num_tokens - s.num_decode
