@@ -22,8 +22,10 @@ The file is JSON with these top-level fields:
                         and complete phases as served, and the host time of its launch (see
                         `ServingStep`)
 Samples may carry decode_max_context (the longest decode context; absent or 0 = contexts spread
-evenly), device_s (steps that replay a CUDA graph: median device seconds, from CUDA events around
-the graph and the copy of its ids, the step queued behind another of its shape) and launch_s
+evenly; given, the profiler laid them out as `engine.profiler.decode_contexts` says: a linear ramp
+up to it, or one long context among even ones), device_s (steps that replay a CUDA graph: median
+device seconds, from CUDA events around the graph and the copy of its ids, the step queued behind
+another of its shape) and launch_s
 (median host seconds of launching the step: staging its inputs, then Python's kernel launches or
 the graph's replay); async scheduling's model needs both. warm_s (median seconds of the same step
 timed a second time, right after the first: in serving, a step mostly follows one of its own shape)

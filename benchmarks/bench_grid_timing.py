@@ -43,14 +43,19 @@ SHAPES += (BatchShape([(1024, 0)], 16, 16 * 1024, 1024), BatchShape([(200, 0)], 
 ROUNDS = 7
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """--model and --out, as the step-timing benchmarks take them."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    eng = LLMEngine(
+    return ap.parse_args(argv)
+
+
+def served_engine(model: str) -> LLMEngine:
+    """The engine in the configuration the README's H200 validation runs serve with, on CUDA."""
+    return LLMEngine(
         EngineConfig(
-            model=a.model,
+            model=model,
             device="cuda",
             dtype="bfloat16",
             max_num_seqs=256,
@@ -59,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             gpu_memory_utilization=0.85,
         )  # fmt: skip
     )
-    r = eng.runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = bench_args(__doc__, argv)
+    r = served_engine(a.model).runner
     kv = BlockManager(r.num_blocks, r.block_size, enable_prefix_caching=False)
     synth = _Synth(r.spec.vocab_size, 0)
     sync = torch.cuda.synchronize

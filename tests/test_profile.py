@@ -289,6 +289,17 @@ def test_decode_contexts_put_the_longest_first() -> None:
     assert spread_decode(4, 100, 0.0) == BatchShape([], 4, 400)
 
 
+def test_the_layout_benchmarks_lognormal_contexts_keep_the_sum() -> None:
+    import numpy as np
+
+    from benchmarks.bench_decode_layouts import lognormal
+
+    rng = np.random.default_rng(1)
+    for n, mean in ((48, 1024), (96, 2048), (224, 1024)):
+        ctx = lognormal(rng, n, mean)
+        assert len(ctx) == n and sum(ctx) == n * mean and min(ctx) >= 1 and max(ctx) > 2 * mean
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 300), st.integers(1, 20000), st.data())
 def test_decode_contexts_keep_the_shapes_sum_and_max(nd: int, mean: int, data) -> None:
