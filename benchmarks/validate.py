@@ -493,6 +493,7 @@ def validate(
 
 def add_validate_args(p: argparse.ArgumentParser) -> None:
     """Trace-slicing flags (shared with `sagellm simulate`) plus the engine, policy and report flags."""
+    from engine.profiler import add_decode_spread_arg
     from sim.cli import _add_trace_args
 
     _add_trace_args(p)
@@ -511,6 +512,7 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
         default="default",
         help="grid when profiling on the spot",
     )
+    add_decode_spread_arg(p)
     p.add_argument("--scheduler", default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=None)
@@ -639,7 +641,7 @@ def main_validate(args: argparse.Namespace | None = None, **kwargs) -> list[Vali
             scheduler=scheduler,
             enable_chunked_prefill=chunked,
             profile=profile,
-            profile_grid=ProfileGrid.quick() if a.profile_grid == "quick" else ProfileGrid(),
+            profile_grid=ProfileGrid.make(a.profile_grid == "quick", a.decode_spread),
             load=load,
             capacity=capacity,
             capacity_from=a.capacity_from,

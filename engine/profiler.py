@@ -47,7 +47,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,6 +111,19 @@ class ProfileGrid:
     mixed_fill_budget: bool = True  # also the chunk that fills the token budget (what FCFS schedules)
     mixed_prefill_cached: tuple[int, ...] = (0, 4096)
     serving_seconds: float = 60.0  # the serving phase's length, in engine seconds (0: none)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decode_spread < 1.0:
+            raise ValueError(
+                f"ProfileGrid.decode_spread: expected 0 <= spread < 1 (a fraction of the mean context), "
+                f"got {self.decode_spread!r}"
+            )
+
+    @classmethod
+    def make(cls, quick: bool = False, decode_spread: float | None = None) -> ProfileGrid:
+        """The default grid (or the quick one), with the decode samples' spread when given."""
+        grid = cls.quick() if quick else cls()
+        return grid if decode_spread is None else replace(grid, decode_spread=decode_spread)
 
     @classmethod
     def quick(cls) -> ProfileGrid:
@@ -534,6 +547,11 @@ def profile_runner(
     shapes, notes = grid_shapes(grid, limits)
     if not shapes:
         raise ValueError("no grid shape fits this engine's limits: " + "; ".join(notes[:5]))
+    notes.insert(
+        0,
+        f"decode samples of 2+ sequences: contexts spread linearly over +-{100 * grid.decode_spread:g}% of "
+        "the grid's value (engine.profiler.decode_contexts)",
+    )
     t_start = time.perf_counter()
     kv = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching=False)
     synth = _Synth(runner.spec.vocab_size, seed)
@@ -672,7 +690,7 @@ def profile_engine(
     engine = LLMEngine(engine_config, scheduler=kwargs.get("scheduler", "fcfs"))
     return profile_runner(
         engine.runner,
-        grid or (ProfileGrid.quick() if quick else ProfileGrid()),
+        grid or ProfileGrid.make(quick),
         repeats=repeats,
         warmup=warmup,
         engine=engine,
@@ -703,6 +721,7 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--attention-backend", default="auto", help="auto | triton | torch")
     p.add_argument("--quick", action="store_true", help="tiny grid (CPU tests, smoke runs)")
+    add_decode_spread_arg(p)
     p.add_argument("--repeats", type=int, default=3, help="timed rounds over all shapes (the median is kept)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per shape first (JIT, allocator)")
     p.add_argument("--time-budget", type=float, default=240.0, help="stop timing after this many seconds (s)")
@@ -718,6 +737,16 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
         "--out",
         default=None,
         help="profile file (default backends/profiles/<model>_<device>_<dtype>_tp<N>.json)",
+    )
+
+
+def add_decode_spread_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--decode-spread",
+        type=float,
+        default=None,
+        help="decode samples' contexts spread +-this fraction of the grid's value (default "
+        f"{ProfileGrid.decode_spread}; 0: every sequence the same context, as profiles before it)",
     )
 
 
@@ -787,7 +816,7 @@ def main_profile(args: argparse.Namespace | None = None, **kwargs) -> Path:
     cmd = " ".join(shlex.quote(x) for x in sys.argv)
     prof = profile_engine(
         cfg,
-        quick=a.quick,
+        ProfileGrid.make(a.quick, a.decode_spread),
         repeats=a.repeats,
         warmup=a.warmup,
         time_budget_s=a.time_budget,

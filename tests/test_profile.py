@@ -289,6 +289,18 @@ def test_decode_contexts_put_the_longest_first() -> None:
     assert spread_decode(4, 100, 0.0) == BatchShape([], 4, 400)
 
 
+def test_decode_spread_zero_profiles_uniform_contexts_and_out_of_range_is_refused() -> None:
+    from engine.profiler import ProfileGrid, ShapeLimits, grid_shapes
+
+    lim = ShapeLimits(48, 6, 512, 40, 4)
+    for spread, spread_max in ((0.0, False), (None, True)):
+        shapes, _ = grid_shapes(ProfileGrid.make(quick=True, decode_spread=spread), lim)
+        regular = [s for s in shapes if not s.prefill and s.num_decode > 1 and s.decode_max_context != 32]
+        assert regular and all(bool(s.decode_max_context) == spread_max for s in regular)
+    with pytest.raises(ValueError, match="decode_spread: expected 0 <= spread < 1"):
+        ProfileGrid(decode_spread=1.0)
+
+
 def test_the_layout_benchmarks_lognormal_contexts_keep_the_sum() -> None:
     import numpy as np
 
@@ -330,7 +342,8 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     # Grid points past the pool (40 blocks of 4 tokens), the budget or the sequence cap are noted, not run.
     lim = ShapeLimits(48, 6, 512, 40, 4)
     shapes, notes = grid_shapes(ProfileGrid.quick(), lim)
-    assert notes and list(h.notes[:-1]) == notes
+    assert notes and list(h.notes[1:-1]) == notes
+    assert h.notes[0].startswith("decode samples of 2+ sequences: contexts spread linearly over +-50%")
     assert h.notes[-1].startswith(f"serving phase: {len(prof.serving)} iterations in 2 s")
     assert len(prof.samples) == len(shapes) == len(prof.overhead)
     # The serving phase logged the engine's own loop: shapes within the limits, every phase timed.
