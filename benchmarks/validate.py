@@ -80,6 +80,7 @@ from benchmarks.validation_errors import (
     summarize,
 )
 from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
+from benchmarks.validation_sensitivity import step_sensitivity
 from sim.config import ASYNC_MODES, SimConfig
 from sim.results import RunResult
 from sim.simulator import Simulation
@@ -468,6 +469,7 @@ def validate(
     if bad:
         raise AssertionError(f"simulated replica does not mirror the engine in: {', '.join(bad)}")
     errors = summarize(measured, predicted, table, cost, mirror, target, notes, capacity)
+    errors["sensitivity"] = step_sensitivity(trace, cfg, cost, measured.metrics, errors)
     if reader is not None:
         errors["gpu"] = gpu_log.record(t_replay)
     if repeats > 1:

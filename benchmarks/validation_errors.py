@@ -489,6 +489,10 @@ def format_errors(errors: dict) -> str:
                 f"prediction {r['rel_error']:+.1%}, {where}{more}"
             )
         lines.append(f"headline latency error beyond request sampling: max {sp['max_beyond']:.1%}")
+    if errors.get("sensitivity"):
+        from benchmarks.validation_sensitivity import format_sensitivity  # it imports this module
+
+        lines += format_sensitivity(errors["sensitivity"])
     it = errors["iterations"]["all"]
     if it["n"]:
         lines.append(

@@ -251,6 +251,32 @@ def _sampling_html(sp: dict | None) -> str:
     )
 
 
+def _sensitivity_html(sens: dict | None) -> str:
+    """Each headline figure's error with every predicted step 1% faster and slower, and less the
+    part the run's own step bias explains."""
+    if not sens:
+        return ""
+    e = html.escape
+    bias = "n/a" if sens["step_bias"] is None else f"{sens['step_bias']:+.1%}"
+    rows = []
+    for r in sens["rows"]:
+        fixed = "—" if r["without_step_bias"] is None else f"{r['without_step_bias']:+.1%}"
+        rows.append(
+            f"<tr><th>{e(r['label'])}</th><td>{r['rel_error']:+.1%}</td><td>{r['at_faster']:+.1%}</td>"
+            f"<td>{r['at_slower']:+.1%}</td><td>{r['points_per_percent']:+.1f}</td><td>{e(fixed)}</td></tr>"
+        )
+    d = sens["delta"]
+    return (
+        "<section><h2>Step-time sensitivity</h2><p>The slice simulated again with every predicted step "
+        f"{d:.0%} faster and {d:.0%} slower: how many points of each headline error one percent of step "
+        f"time is worth at this operating point (queueing and batching amplify it), and the error less "
+        f"what the run's own step bias explains (its steps summed {e(bias)} against measured; a linear "
+        "estimate).</p><table><thead><tr><th>metric</th><th>error</th>"
+        f"<th>steps {d:.0%} faster</th><th>steps {d:.0%} slower</th><th>points per 1%</th>"
+        "<th>without the step bias</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+    )
+
+
 def _summary_table_html(title: str, d: dict[str, dict]) -> str:
     e = html.escape
     rows = []
@@ -332,6 +358,7 @@ def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
         "</section>",
         _repeats_html(er.get("repeats")),
         _sampling_html(er.get("sampling")),
+        _sensitivity_html(er.get("sensitivity")),
         "<section><h2>Per request and per iteration</h2>",
         _summary_table_html("per request", er["per_request"]),
         _summary_table_html("per iteration (scheduler + step)", er["iterations"]),

@@ -143,6 +143,13 @@ def test_errors_hold_every_promised_number(run) -> None:
     assert (t["predicted_s"] > 0).all() and (t["execute_s"] > 0).all()
     assert e["cost_model"]["name"] == "calibrated" and e["profile_fit"]["all"]["n"] > 0
     assert any(n.startswith("replay check: the") for n in e["notes"])  # recompute will rebuild this run
+    # Step-time sensitivity: every headline figure with an error, re-simulated 1% faster and slower.
+    sens = e["sensitivity"]
+    assert sens["delta"] == 0.01 and sens["step_bias"] == it["total_busy_seconds"]["rel_error"]
+    head = [r for r in e["metrics"] if r["headline"] and r["rel_error"] is not None]
+    assert [(x["metric"], x["stat"], x["rel_error"]) for x in sens["rows"]] == [
+        (r["metric"], r["stat"], r["rel_error"]) for r in head
+    ]
 
 
 def test_report_directory(run) -> None:
@@ -308,10 +315,12 @@ def test_recompute_reproduces_the_prediction_and_the_shapes(run, tmp_path: Path)
     new = {(r["metric"], r["stat"]): r["rel_error"] for r in again.errors["metrics"]}
     prev = {(r["metric"], r["stat"]): r["rel_error"] for r in again.errors["previous"]["metrics"]}
     assert new == old == prev
+    assert again.errors["sensitivity"] == res.errors["sensitivity"]
     assert again.errors["original"] == again.errors["previous"] and again.engine is None
     assert "before" in format_errors(again.errors)
     page = (tmp_path / "re" / "index.html").read_text()
-    assert "error before recompute" in page
+    assert "error before recompute" in page and "Step-time sensitivity" in page
+    assert "step-time sensitivity" in format_errors(again.errors)
     assert (tmp_path / "re" / "measured" / "requests.csv").is_file()  # written elsewhere: the run comes along
     assert any(n.startswith("recomputed ") for n in again.errors["notes"])
 
