@@ -95,8 +95,9 @@ class ProfileGrid:
     # (see `decode_contexts`), as served batches mix them (the decode steps of an Azure replay had a
     # longest context 1.75x the mean at the median). On an H200 (host U), 2048-token means: a ramp
     # cost 10.57 ms of device time against 9.62 uniform at 80 rows (one wave: the longest program
-    # shows), but 12.27 against 12.55 at 96 rows, where a uniform batch's programs end together and
-    # leave a last wave a little over a whole one that a mixed batch fills.
+    # shows), but 12.27 against 12.55 at 96 rows (plausibly: a uniform batch's programs end together,
+    # leaving a last wave that runs nearly empty, which a mixed batch's fills). Measured by
+    # benchmarks/bench_decode_layouts.py.
     decode_spread: float = 0.5
     # uneven decode batches: one sequence at a long context among short ones. The paged-attention
     # launch lasts as long as its longest program, which uniform contexts cannot tell apart from the
