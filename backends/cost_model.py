@@ -99,4 +99,10 @@ class CostModel(Protocol):
         ...
 
 
+def abcg(line: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """A cost model's decode line as (a, b, c, g) (see CostModel.decode_line): c, the per-token cost
+    of the longest context, and g, its overlap with the bulk term, are 0 where the model omits them."""
+    return (*line, *(0.0,) * (4 - len(line)))  # type: ignore[return-value]
+
+
 COST_MODELS: Registry[CostModel] = Registry("cost model")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.cost_model import BatchShape, CostModel, OverlapParts
+from backends.cost_model import BatchShape, CostModel, OverlapParts, abcg
 from benchmarks.metrics import compute_metrics
 from benchmarks.validation_errors import error_rows
 from sim.config import SimConfig
@@ -44,7 +44,7 @@ class ScaledCost:
         return self.k * self.inner.stage_time(shape)
 
     def decode_line(self, num_decode: int) -> tuple[float, float, float, float]:
-        a, b, c, g = (*self.inner.decode_line(num_decode), 0.0, 0.0)[:4]
+        a, b, c, g = abcg(self.inner.decode_line(num_decode))
         return self.k * a, self.k * b, self.k * c, g
 
     def overlap_parts(self, shape: BatchShape) -> OverlapParts:

@@ -25,7 +25,7 @@ from operator import attrgetter, itemgetter
 import numpy as np
 import simpy
 
-from backends.cost_model import COST_MODELS, BatchShape, CostModel, ParallelLayout
+from backends.cost_model import COST_MODELS, BatchShape, CostModel, ParallelLayout, abcg
 from policies.kv.block_manager import BlockManager
 from policies.routing.base import ROUTERS, Router
 from policies.scheduling.base import SCHEDULERS, SchedulerConfig
@@ -122,7 +122,7 @@ class Simulation:
         n by the protocol; the pipelined run asks for it once per micro-batch)."""
         line = self._lines.get(n)
         if line is None:
-            line = self._lines[n] = _line(self.cost.decode_line(n))
+            line = self._lines[n] = abcg(self.cost.decode_line(n))
         return line
 
     # -- processes ---------------------------------------------------------------------
@@ -1129,12 +1129,6 @@ def _enter_pipeline(stage_free: list[float], entry: float, st: float) -> float:
         t += st
         stage_free[i] = t
     return t
-
-
-def _line(line: tuple[float, ...]) -> tuple[float, float, float, float]:
-    """A cost model's decode line as (a, b, c, g) (see CostModel.decode_line): c, the per-token cost
-    of the longest context, and g, its overlap with the bulk term, are 0 where the model omits them."""
-    return (*line, *(0.0,) * (4 - len(line)))  # type: ignore[return-value]
 
 
 def _steady_pipeline(
