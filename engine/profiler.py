@@ -682,16 +682,16 @@ def profile_engine(
     *,
     repeats: int = 3,
     warmup: int = 1,
-    quick: bool = False,
     **kwargs,
 ) -> Profile:
-    """Build the engine from `engine_config` and profile it (see `profile_runner`)."""
+    """Build the engine from `engine_config` and profile it over `grid` (default `ProfileGrid()`;
+    see `profile_runner`)."""
     from engine.llm_engine import LLMEngine
 
     engine = LLMEngine(engine_config, scheduler=kwargs.get("scheduler", "fcfs"))
     return profile_runner(
         engine.runner,
-        grid or ProfileGrid.make(quick),
+        grid or ProfileGrid(),
         repeats=repeats,
         warmup=warmup,
         engine=engine,

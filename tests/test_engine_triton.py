@@ -228,11 +228,11 @@ def test_profile_on_gpu_times_graph_devices_and_launches() -> None:
     """The grid's async fields on CUDA: every step has its launch seconds, every graph step its device
     seconds (queued behind another of its shape), and the calibrated model fits both."""
     from backends.calibrated import CalibratedCostModel
-    from engine.profiler import profile_engine
+    from engine.profiler import ProfileGrid, profile_engine
     from engine.testing import tiny_engine_config
 
     cfg = tiny_engine_config("cuda", step_graph_tokens=16, seed=5)  # longer steps run eager
-    prof = profile_engine(cfg, quick=True, repeats=3, warmup=1, command="test")
+    prof = profile_engine(cfg, ProfileGrid.quick(), repeats=3, warmup=1, command="test")
     graphed = [s for s in prof.samples if s.device_s is not None]
     eager = [s for s in prof.samples if s.device_s is None]
     assert graphed and eager and all(s.launch_s is not None and s.launch_s > 0 for s in prof.samples)

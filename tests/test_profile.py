@@ -333,7 +333,7 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
 
     cfg = tiny_engine_config()
     with single_thread():
-        prof = profile_engine(cfg, quick=True, repeats=3, warmup=1, command="test")
+        prof = profile_engine(cfg, ProfileGrid.quick(), repeats=3, warmup=1, command="test")
     h = prof.header
     assert h.device.startswith("cpu") and h.device_kind == "cpu" and h.dtype == "float32"
     assert (h.block_size, h.num_kv_blocks, h.max_num_batched_tokens, h.max_num_seqs) == (4, 40, 48, 6)

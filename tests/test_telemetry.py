@@ -152,7 +152,12 @@ def test_profile_notes_what_the_card_did_in_each_phase(monkeypatch) -> None:
     monkeypatch.setattr(profiler, "open_gpu_telemetry", lambda device: (_reader([(1900, 0x4)]), None))
     with single_thread():
         prof = profiler.profile_engine(
-            tiny_engine_config(), quick=True, repeats=1, warmup=1, serving_seconds=0.5, command="test"
+            tiny_engine_config(),
+            profiler.ProfileGrid.quick(),
+            repeats=1,
+            warmup=1,
+            serving_seconds=0.5,
+            command="test",
         )
     notes = prof.header.notes
     assert any(n.startswith("serving phase:") for n in notes)
