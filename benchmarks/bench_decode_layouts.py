@@ -22,9 +22,8 @@ import torch
 from backends.cost_model import BatchShape
 from benchmarks.bench_grid_timing import bench_args, served_engine
 from benchmarks.result_file import result_path, write_result
-from engine.profiler import _back_to_back, _Synth, decode_contexts, spread_decode
+from engine.profiler import _back_to_back, _Synth, build_batch, decode_contexts, release, spread_decode
 from policies.kv.block_manager import BlockManager
-from policies.scheduling.batch import ScheduledBatch
 
 SIZES = (48, 64, 80, 86, 96, 104, 112, 128, 160, 192, 224)
 MEANS = (1024, 2048)
@@ -49,25 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(1)
 
     def device_ms(ctxs: list[int]) -> float:
+        shape = BatchShape([], len(ctxs), sum(ctxs), max(ctxs))
         ts = []
         for _ in range(REPEATS):
-            seqs = []
+            batch = build_batch(shape, kv, synth, ctxs)
             try:
-                for c in ctxs:
-                    s = synth.decode(c)
-                    seqs.append(s)
-                    if not kv.allocate(s, c):
-                        raise RuntimeError(f"KV pool too small for {len(ctxs)} x {sum(ctxs) // len(ctxs)}")
-                    s.num_computed_tokens = c - 1
-                batch = ScheduledBatch(seqs, [1] * len(seqs))
                 r.execute(batch)  # warm: the same shape just ran, as in serving
                 d = _back_to_back(r, batch)
-                if d is None:
-                    raise RuntimeError("no device time: this needs a CUDA device with decode graphs")
-                ts.append(d)
             finally:
-                for s in seqs:
-                    kv.free(s)
+                release(batch, kv)
+            if d is None:
+                raise RuntimeError("no device time: this needs a CUDA device with decode graphs")
+            ts.append(d)
         return 1e3 * statistics.median(ts)
 
     rows = []

@@ -311,12 +311,15 @@ class _Synth:
         return seq
 
 
-def build_batch(shape: BatchShape, kv: BlockManager, synth: _Synth) -> ScheduledBatch:
-    """A ScheduledBatch with this shape, KV blocks allocated from `kv` (free them with `release`)."""
+def build_batch(
+    shape: BatchShape, kv: BlockManager, synth: _Synth, contexts: list[int] | None = None
+) -> ScheduledBatch:
+    """A ScheduledBatch with this shape, KV blocks allocated from `kv` (free them with `release`).
+    `contexts`: the decodes' contexts when not `decode_contexts(shape)`'s layout."""
     seqs: list[Sequence] = []
     counts: list[int] = []
     try:
-        for ctx in decode_contexts(shape):
+        for ctx in decode_contexts(shape) if contexts is None else contexts:
             s = synth.decode(ctx)
             seqs.append(s)
             if not kv.allocate(s, ctx):

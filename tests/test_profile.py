@@ -301,6 +301,19 @@ def test_decode_spread_zero_profiles_uniform_contexts_and_out_of_range_is_refuse
         ProfileGrid(decode_spread=1.0)
 
 
+def test_build_batch_takes_explicit_decode_contexts() -> None:
+    from engine.profiler import _Synth, build_batch, release
+    from policies.kv.block_manager import BlockManager
+
+    kv = BlockManager(64, 16, enable_prefix_caching=False)
+    ctxs = [5, 300, 17]
+    batch = build_batch(BatchShape([], 3, 322, 300), kv, _Synth(1000, 0), ctxs)
+    assert [s.num_computed_tokens + 1 for s in batch.seqs] == ctxs and batch.num_new_tokens == [1, 1, 1]
+    assert kv.num_free_blocks == 64 - (1 + 19 + 2)
+    release(batch, kv)
+    assert kv.num_free_blocks == 64
+
+
 def test_the_layout_benchmarks_lognormal_contexts_keep_the_sum() -> None:
     import numpy as np
 
