@@ -6,6 +6,8 @@ Cases (random bf16 weights of a catalog architecture, Llama-3.1-8B by default):
 - offline throughput at batch 64 and 256 with 512-token prompts and 128 output tokens
   (the engine's FCFS scheduler with chunked prefill);
 - prefill of 8 x 2048 tokens in one step, in TFLOP/s, against a measured 8192^3 bf16 matmul;
+- the greedy pick (argmax over the vocabulary) at 1, 64 and 256 rows: torch.argmax against the
+  engine's kernel, in CUDA graphs;
 - the same decode and batch-64 cases through `transformers` `generate`, when it is installed;
 - the engine's own loop (`generate`: scheduler and bookkeeping included) in each async scheduling
   mode (EngineConfig.async_scheduling: off, graphs, all), back to back in the same run: batch-1
@@ -67,6 +69,34 @@ def measure_matmul_tflops(n: int = 8192, reps: int = 20) -> float:
     _sync()
     dt = (time.perf_counter() - t) / reps
     return 2 * n**3 / dt / 1e12
+
+
+def greedy_pick_us(vocab: int, rows: tuple[int, ...] = (1, 64, 256), calls: int = 10) -> dict:
+    """Device time of the greedy pick over [rows, vocab] bf16 logits: torch.argmax against the
+    engine's two-stage kernel (engine/triton_argmax.py), each as `calls` back-to-back calls in one
+    CUDA graph (a graph of one few-microsecond kernel would time the graph launch)."""
+    from engine.cuda_graphs import replay_ms
+    from engine.sampling import greedy_ids
+
+    def graph_us(fn) -> float:
+        fn()
+        _sync()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+        return 1e3 * replay_ms(g, 50) / calls
+
+    out: dict = {}
+    for n in rows:
+        x = torch.randn((n, vocab), device="cuda").to(torch.bfloat16)
+        ids = torch.empty(n, dtype=torch.int64, device="cuda")
+        out[str(n)] = {
+            "torch_argmax_us": graph_us(lambda x=x, ids=ids: torch.argmax(x, dim=-1, out=ids)),
+            "engine_us": graph_us(lambda x=x, ids=ids: greedy_ids(x, ids)),
+            "equal": bool(torch.equal(greedy_ids(x, ids).clone(), torch.argmax(x, dim=-1))),
+        }
+    return out
 
 
 def _prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -461,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         res[key] = d
         print("decode", plen, d, flush=True)
 
+    res["greedy_pick"] = greedy_pick_us(spec.vocab_size)
+    print("greedy pick", res["greedy_pick"], flush=True)
     res["prefill_8x2048"] = p = prefill_step(eng)
     p["fraction_of_matmul"] = p["tflops"] / res["matmul_8192_bf16_tflops"]
     print("prefill", p, flush=True)

@@ -38,6 +38,7 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
+from engine.sampling import greedy_ids
 from policies.sequence import PENDING, Sequence
 
 GEMV_MODES = ("auto", "cublas", "split", "fused")
@@ -211,7 +212,7 @@ class DecodeGraphs:
             elif variant == "split-attn":
                 self.model.apply_decode_split(("qkv", "o"))
             logits = self.model.compute_logits(self.model(ids, pos, meta))
-        return logits, torch.argmax(logits, dim=-1, out=self.sampled[:b])
+        return logits, greedy_ids(logits, self.sampled[:b])
 
     def _batch1_variants(self, gemv: str) -> list[str]:
         """Graph variants to capture at batch 1 (timing picks one), tuning their kernels first."""

@@ -29,7 +29,7 @@ from engine.device import Device, get_device
 from engine.kv_cache import KVCache, KVPlan, plan_num_blocks
 from engine.model import DecoderModel
 from engine.model_spec import DecoderSpec
-from engine.sampling import Sampler, SamplingParams
+from engine.sampling import Sampler, SamplingParams, greedy_ids
 from engine.weights import WeightSource, load_into, resolve_source
 from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import PENDING, Sequence
@@ -297,7 +297,7 @@ class ModelRunner:
             seqs = inp.sample_seqs
             if seqs:
                 logits = self.model.compute_logits(hidden.index_select(0, inp.sample_index))
-                torch.argmax(logits, dim=-1, out=self.sampled[: len(seqs)])
+                greedy_ids(logits, self.sampled[: len(seqs)])
         n = len(seqs) if rows is None else len(batch.seqs)
         self._slot = slot
         if n:

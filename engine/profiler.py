@@ -468,11 +468,13 @@ def _overhead(
     )
     import torch
 
+    from engine.sampling import greedy_ids
+
     # The greedy pick trace replay uses: argmax of the LM head's logits (model dtype) to the host.
-    logits = torch.randn(
-        max(n_rows, 1), runner.spec.vocab_size, device=runner.device.torch_device, dtype=runner.dtype
-    )
-    samp = _time(lambda: logits.argmax(dim=-1).tolist(), sync, warmup, repeats)
+    dev = runner.device.torch_device
+    logits = torch.randn(max(n_rows, 1), runner.spec.vocab_size, device=dev, dtype=runner.dtype)
+    picked = torch.empty(logits.shape[0], dtype=torch.int64, device=dev)
+    samp = _time(lambda: greedy_ids(logits, picked).tolist(), sync, warmup, repeats)
     return OverheadSample(
         num_seqs=len(b.seqs),
         num_prefill_seqs=pf_seqs,

@@ -32,6 +32,7 @@ from engine.attention import AttentionMetadata
 from engine.cuda_graphs import fastest_buckets, pending_source, replay_greedy, replay_ms, resolve_ids
 from engine.kv_cache import KVCache
 from engine.model import DecoderModel
+from engine.sampling import greedy_ids
 from policies.scheduling.batch import ScheduledBatch
 from policies.sequence import PENDING, Sequence
 
@@ -134,7 +135,7 @@ class StepGraphs:
         hidden = self.model(ids, self._view("pos")[:t], self._meta(t))
         n = self.seqs_of[t]
         logits = self.model.compute_logits(hidden.index_select(0, self._view("rows")[:n]))
-        return logits, torch.argmax(logits, dim=-1, out=self.sampled[:n])
+        return logits, greedy_ids(logits, self.sampled[:n])
 
     @torch.inference_mode()
     def _capture(self) -> None:

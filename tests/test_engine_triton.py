@@ -462,3 +462,33 @@ def test_gpu_telemetry_reads_the_card() -> None:
     assert reader is not None, why
     s = reader()
     assert 100 < s.sm_mhz < 5000 and 100 < s.mem_mhz < 10000 and 0 < s.power_w < 2000 and 0 < s.temp_c < 120
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 3, 64, 200])
+def test_two_stage_argmax_is_torch_argmax(dtype, rows: int) -> None:
+    """Random rows, a tie across chunks (the first index wins), a row of equal values, -inf and
+    NaN entries, a vocabulary that is no multiple of the chunk, and a strided (padded) row layout."""
+    from engine.sampling import greedy_ids
+    from engine.triton_argmax import argmax_rows, chunk_size
+
+    vocab = 128_256 + 5
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    full = torch.randn((rows, vocab + 64), generator=g, device="cuda").to(dtype)
+    x = full[:, :vocab]  # stride(0) > vocab
+    c = chunk_size(rows)
+    x[0, 3 * c + 7] = 40.0
+    x[0, 5] = 40.0  # tie with a later chunk: index 5
+    if rows > 1:
+        x[1].fill_(-1.0)  # all equal: index 0
+        x[1, vocab - 1] = float("-inf")
+    if rows > 2:
+        x[2, vocab - 2] = 50.0  # in the last, partial chunk
+    ref = torch.argmax(x, dim=-1)
+    out = torch.full((rows,), -1, dtype=torch.int64, device="cuda")
+    assert torch.equal(argmax_rows(x, out), ref)
+    assert torch.equal(greedy_ids(x, torch.empty_like(out)), ref)
+    x[rows - 1, 17] = float("nan")
+    assert int(argmax_rows(x, out)[rows - 1]) == 17
+    with pytest.raises(ValueError, match="int64"):
+        argmax_rows(x, out.to(torch.int32))
