@@ -42,12 +42,18 @@ class SplitConfig:
         return f"split{self.block_n}x{self.block_k}/w{self.num_warps}"
 
 
+# The last two are the only ones within `tune`'s split cap on Llama-8B's down projection (K = 14,336,
+# 7 parts). There, on an H200, 4 rows x 2,048 with 4 warps passed the 32 layers in 0.954 ms against
+# 1.014 for cuBLAS and 1.007 for 8 x 2,048 with 8 (bench_engine, `decode_graphs.split_plan` in
+# benchmarks/results/engine_h200.json); the whole batch-1 graph gained 0.014 ms (4.398 -> 4.384), as
+# the 7-part reduction in the norm after it costs more than reading cuBLAS's output.
 CANDIDATES = (
     SplitConfig(16, 1024, 8),
     SplitConfig(8, 1024, 4),
     SplitConfig(16, 512, 4),
     SplitConfig(32, 512, 8),
     SplitConfig(8, 2048, 8),
+    SplitConfig(4, 2048, 4),
 )
 
 
