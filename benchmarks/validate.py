@@ -80,7 +80,12 @@ from benchmarks.validation_errors import (
     summarize,
 )
 from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
-from benchmarks.validation_sensitivity import step_sensitivity
+from benchmarks.validation_sensitivity import (
+    capacity_record,
+    operating_point,
+    simulated_capacity,
+    step_sensitivity,
+)
 from sim.config import ASYNC_MODES, SimConfig
 from sim.results import RunResult
 from sim.simulator import Simulation
@@ -312,23 +317,13 @@ def measure_capacity(
     """
     from traces.transforms import replace_arrivals
 
-    burst = replace_arrivals(trace, np.zeros(len(trace)))
-    if source == "engine":
-        res = engine.replay(burst, seed=seed)
-        engine.reset_kv()
-    elif source == "sim":
-        res = Simulation(burst, cfg, cost=cost).run()
-    else:
+    if source == "sim":
+        return simulated_capacity(trace, cfg, cost)
+    if source != "engine":
         raise ValueError(f"capacity source must be 'engine' or 'sim', got {source!r}")
-    m = compute_metrics(res)
-    if not m["request_throughput"]:
-        raise RuntimeError(f"capacity run ({source}) finished no request")
-    return {
-        "source": source,
-        "request_throughput": m["request_throughput"],
-        "output_throughput": m["output_throughput"],
-        "duration_s": m["duration_s"],
-    }
+    res = engine.replay(replace_arrivals(trace, np.zeros(len(trace))), seed=seed)
+    engine.reset_kv()
+    return capacity_record(res, "engine")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,6 +465,7 @@ def validate(
         raise AssertionError(f"simulated replica does not mirror the engine in: {', '.join(bad)}")
     errors = summarize(measured, predicted, table, cost, mirror, target, notes, capacity)
     errors["sensitivity"] = step_sensitivity(trace, cfg, cost, measured.metrics, errors)
+    errors["capacity"] = operating_point(trace, cfg, cost, capacity)
     if reader is not None:
         errors["gpu"] = gpu_log.record(t_replay)
     if repeats > 1:

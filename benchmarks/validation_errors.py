@@ -490,9 +490,11 @@ def format_errors(errors: dict) -> str:
             )
         lines.append(f"headline latency error beyond request sampling: max {sp['max_beyond']:.1%}")
     if errors.get("sensitivity"):
-        from benchmarks.validation_sensitivity import format_sensitivity  # it imports this module
+        # it imports this module
+        from benchmarks.validation_sensitivity import format_operating_point, format_sensitivity
 
         lines += format_sensitivity(errors["sensitivity"])
+        lines += format_operating_point(errors.get("capacity"))
     it = errors["iterations"]["all"]
     if it["n"]:
         lines.append(

@@ -270,8 +270,9 @@ def _sensitivity_html(sens: dict | None) -> str:
         "<section><h2>Step-time sensitivity</h2><p>The slice simulated again with every predicted step "
         f"{d:.0%} faster and {d:.0%} slower: how many points of each headline error one percent of step "
         f"time is worth at this operating point (queueing and batching amplify it), and the error less "
-        f"what the run's own step bias explains (its steps summed {e(bias)} against measured; a linear "
-        "estimate).</p><table><thead><tr><th>metric</th><th>error</th>"
+        f"what the run's own step bias explains (its steps summed {e(bias)} against measured): the slice "
+        "simulated once more with every step scaled so that they sum to the measured time.</p>"
+        "<table><thead><tr><th>metric</th><th>error</th>"
         f"<th>steps {d:.0%} faster</th><th>steps {d:.0%} slower</th><th>points per 1%</th>"
         "<th>without the step bias</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
     )
@@ -334,7 +335,15 @@ def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
         if not cap
         else (
             f"<p>Load: {cap['load']:.0%} of the capacity measured by the {e(cap['source'])} "
-            f"({cap['request_throughput']:.3f} req/s), i.e. {cap['rate']:.3f} req/s.</p>"
+            f"({cap['request_throughput']:.3f} req/s), i.e. {cap['rate']:.3f} req/s."
+            + (
+                f" Simulated, the same capacity run gives {cap['simulated_request_throughput']:.3f} req/s "
+                f"({cap['simulated_rel_error']:+.1%}), so the simulated replica ran at "
+                f"{cap['simulated_load']:.1%} of its own capacity: near saturation, queueing (and TTFT) "
+                "turns on that difference.</p>"
+                if "simulated_request_throughput" in cap
+                else "</p>"
+            )
         )
     )
     parts = [

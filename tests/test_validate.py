@@ -198,6 +198,7 @@ def test_given_profile_is_used_and_checked(run, tmp_path: Path) -> None:
     assert any("max_num_batched_tokens 64 > profiled 48" in n for n in bigger.notes)
     cap = bigger.errors["capacity"]
     assert cap["source"] == "sim" and cap["rate"] == pytest.approx(0.5 * cap["request_throughput"])
+    assert "simulated_load" not in cap  # the simulator's capacity is the capacity
 
 
 def test_mirror_refuses_overrides_that_break_it(run) -> None:
@@ -267,7 +268,14 @@ def test_command_line_entry_point(tmp_path: Path) -> None:
         assert res.measured.metrics["finished"] == 10
         cap = res.errors["capacity"]
         assert cap["load"] == load and cap["source"] == "engine"
+        # the simulator's own capacity beside it: the load each side ran at
+        sim_cap = cap["simulated_request_throughput"]
+        assert sim_cap > 0
+        assert cap["simulated_rel_error"] == pytest.approx(sim_cap / cap["request_throughput"] - 1)
+        assert cap["simulated_load"] == pytest.approx(cap["rate"] / sim_cap)
+        assert f"{cap['simulated_load']:.1%} of the simulator's" in format_errors(res.errors)
         assert (out / f"load-{load:g}" / "index.html").is_file()
+        assert "of its own capacity" in (out / f"load-{load:g}" / "index.html").read_text()
         # Each run starts from a fresh block manager, as the simulator does: its counters hold this
         # run's admissions only (6 sequences x <= 30 blocks fit the 200-block pool: no preemption).
         assert res.measured.metrics["kv"]["preemptions_total"] == 0
