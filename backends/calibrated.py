@@ -98,9 +98,10 @@ the eager scale below, measured against mixed steps whose decode launches had be
 (1.017 to 1.040), making eager steps 1-4% slow (over twelve validation runs on three hosts, the
 largest headline error fell from 6.8% to 5.5% on average, within 5% from 4 runs to 6, with the grid
 alone). Eager steps are also fitted to the grid alone, then scaled by one factor, the median
-measured / fitted ratio of the serving phase's eager steps (`eager_scale`), because in the loop they
-run a few percent slower than in isolation, and letting that bend the shape terms misplaced the
-chunk-size dependence. Older profiles without a serving phase fit the CPU work to the overhead
+measured / fitted ratio of the serving phase's steps with prefill tokens (`eager_scale`), because in
+the loop they run a few percent slower than in isolation, and letting that bend the shape terms
+misplaced the chunk-size dependence; step-graph replays keep the grid's time (`_fit_eager_scale`).
+Older profiles without a serving phase fit the CPU work to the overhead
 records, timed in a tight loop, which on a busy host finds it several times cheaper than the loop
 pays; their scheduler state starts with unhashed contexts, so their bookkeeping hashes every full
 block of every context once, and the fit charges that per-token cost per new token.
@@ -836,28 +837,45 @@ class CalibratedCostModel:
         c = math.fsum(a * x for a, x in zip(self._cpu_coef, cpu))
         return g, c
 
+    def _scale(self, shape: BatchShape) -> float:
+        """The serving loop's factor of a step with prefill tokens: eager steps only (see
+        `_fit_eager_scale`); a step-graph replay takes the grid's time, as decode graphs do."""
+        return 1.0 if self.step_bucket(shape) is not None else self.eager_scale
+
     def _eager_execute(self, shape: BatchShape) -> float:
         g, c = self._eager_parts(shape)
-        return self.eager_scale * (max(g, c) if self.overlapped else g + c)
+        return self._scale(shape) * (max(g, c) if self.overlapped else g + c)
 
     def _fit_eager_scale(self, serving: list[ShapeSample]) -> None:
         """How much slower the serving loop runs eager steps than the grid measured them: the median
-        of measured / fitted over the serving phase's eager steps (1 without a serving phase).
+        of measured / fitted over the serving phase's steps with prefill tokens (1 without a serving
+        phase), applied to eager steps.
 
         The grid times each shape in isolation, three repeats, over a controlled spread of tokens,
         prefixes and decodes, so it pins how the step time depends on the shape; inside the serving
         loop the same work runs a few percent slower (the GPU waited on the host between steps). Fitting
         the serving steps together with the grid let their in-loop slowdown bend the shape terms (on
         an H200 it overpredicted 1-2k-token chunks by 5-8% and underpredicted step-graph chunks by ~7%,
-        TTFT +5-9% on Azure); one factor keeps the grid's shape and takes the loop's level."""
+        TTFT +5-9% on Azure); one factor keeps the grid's shape and takes the loop's level.
+
+        Step-graph replays are not scaled: they launch nothing from Python (their host part is the
+        graph host line), and the serving phase runs its own over prefixes shared by many sequences,
+        0.91-0.94x the fit (nine H200 profiles of benchmarks/results/validate_h200), as it runs its
+        decode steps faster than the grid. Scaled, the served 512-token step graphs of every Azure run
+        there came out 1.6-13.4% slow; at the grid's time, 0.7-7.2%. The factor is still the median
+        over step graphs and eager steps together: over the eager steps alone it came to 1.02-1.11
+        and over-predicted the validation runs' eager steps (the twenty sync runs' largest headline
+        errors summed 186 points against 250)."""
         self.eager_scale = 1.0
         if not serving:
             return
         ratio = [s.median_s / self._eager_execute(s.shape) for s in serving]
         self.eager_scale = float(np.median(ratio))
+        graphs = sum(self.step_bucket(s.shape) is not None for s in serving)
         self.notes.append(
-            f"eager steps of the serving phase ran {self.eager_scale:.3f}x the grid fit (median over "
-            f"{len(serving)} steps); applied to every eager step"
+            f"steps with prefill tokens in the serving phase ran {self.eager_scale:.3f}x the grid fit "
+            f"(median over {len(serving)} steps, {graphs} of them step graphs); applied to eager steps, "
+            "step graphs keep the grid's time"
         )
 
     # ------------------------------------------------------------------------ fitting: overhead
@@ -1122,10 +1140,10 @@ class CalibratedCostModel:
         g, c = self._eager_parts(shape)
         line = self._eager_launch
         if line is None:  # no measured launch times: the eager fit's launch part (0 where GPU-bound)
-            launch = self.eager_scale * c
+            launch = self._scale(shape) * c
         else:
             launch = line[0] + line[1] * shape.num_seqs + line[2] * shape.num_tokens
-        return OverlapParts(sched, launch, self.eager_scale * g, comp, False)
+        return OverlapParts(sched, launch, self._scale(shape) * g, comp, False)
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'
@@ -1158,7 +1176,7 @@ class CalibratedCostModel:
                 g, c = self._eager_parts(shape)
                 row = self._gpu_row(shape, self._pf_knots)
                 names = self.prefill_fit.terms[: len(self._gpu_coef)]
-                k = self.eager_scale
+                k = self._scale(shape)
                 gpu = list(zip(names, (k * a * x for a, x in zip(self._gpu_coef, row))))
                 launch = self._decode_launch(shape, row)
                 if launch:

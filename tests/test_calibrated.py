@@ -300,6 +300,32 @@ def test_serving_eager_slowdown_scales_eager_steps_only() -> None:
     assert CalibratedCostModel(profile=synthetic_profile()).eager_scale == 1.0  # no serving phase
 
 
+def test_step_graph_replays_keep_the_grid_time_under_the_serving_factor() -> None:
+    # The loop runs eager steps 10% slower than the grid and step graphs 8% faster (their prefixes
+    # shared): the factor is the median over both, and only eager steps take it.
+    sb = (16, 32, 64, 128, 256, 512)
+    truth = lambda s: true_execute(s, step_buckets=sb)  # noqa: E731
+    shapes = grid() + [BatchShape([(t, 0)]) for t in (20, 50, 100, 200, 400, 500)]
+    p = synthetic_profile(shapes=shapes, truth=truth, step_graph_buckets=sb)
+    m0 = CalibratedCostModel(profile=p)
+    served = [x for x in shapes + extra_shapes() if m0.as_decode(x) is None]
+    graphed = [x for x in served if m0.step_bucket(x) is not None]
+    eager = [x for x in served if m0.step_bucket(x) is None]
+    assert len(graphed) >= 3 and 2 * len(eager) > len(graphed)
+    p.serving = [
+        ServingStep(tuple(x.prefill), x.num_decode, x.decode_context, x.decode_max_context, 1e-5,
+                    (0.92 if x in graphed else 1.10) * truth(x), 1e-5)
+        for x in graphed + eager + eager  # each eager shape served twice: they are the majority
+    ]  # fmt: skip
+    m = CalibratedCostModel(profile=p)
+    assert m.eager_scale == pytest.approx(1.10, rel=1e-6)
+    for x in served:
+        k = 1.0 if x in graphed else 1.10
+        assert m.parts(x)["execute"] == pytest.approx(k * truth(x), rel=1e-6), x
+        assert sum(m.breakdown(x).values()) == pytest.approx(m.stage_time(x), rel=1e-9), x
+    assert any(f"{len(p.serving)} steps, {len(graphed)} of them step graphs" in n for n in m.notes)
+
+
 def test_step_graph_buckets_pad_tokens_and_drop_the_launch_floor() -> None:
     sb = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
     shapes = grid() + [BatchShape([(t, 0)]) for t in (20, 50, 100, 150, 200, 300, 400, 500)]
