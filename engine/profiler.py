@@ -93,11 +93,11 @@ class ProfileGrid:
     decode_fill_pool: bool = True  # per batch size, also the longest context the KV pool holds
     # Contexts of a decode sample spread linearly from (1 - s) to (1 + s) times the grid's value
     # (see `decode_contexts`), as served batches mix them (the decode steps of an Azure replay had a
-    # longest context 1.75x the mean at the median). On an H200 (host U), 2048-token means: a ramp
-    # cost 10.57 ms of device time against 9.62 uniform at 80 rows (one wave: the longest program
-    # shows), but 12.27 against 12.55 at 96 rows (plausibly: a uniform batch's programs end together,
+    # longest context 1.75x the mean at the median). On an H200 (host X), 2048-token means: a ramp
+    # cost 10.70 ms of device time against 9.79 uniform at 80 rows (one wave: the longest program
+    # shows), but 12.42 against 12.78 at 96 rows (plausibly: a uniform batch's programs end together,
     # leaving a last wave that runs nearly empty, which a mixed batch's fills). Measured by
-    # benchmarks/bench_decode_layouts.py.
+    # benchmarks/bench_decode_layouts.py (benchmarks/results/decode_layouts_h200.json).
     decode_spread: float = 0.5
     # uneven decode batches: one sequence at a long context among short ones. The paged-attention
     # launch lasts as long as its longest program, which uniform contexts cannot tell apart from the
