@@ -10,7 +10,9 @@ of error per 1% of step time. A third simulation scales every step by the run's 
 measured time, and gives what each error would be without that bias: how much of a miss is step
 time, and how much is something else (queueing, sampling, scheduling). It is simulated rather than
 extrapolated from the slope because near saturation the response is far from linear: on host V's
-Azure slice at 90% load (H200) a 2.0% bias moved TTFT P90 by 3.4 points per 1% over +-1%.
+Azure slice at 90% load (H200) TTFT P90 moved 3.7 points per 1% over +-1%, but 7.9 points when its
+-2.1% bias was taken out. The capacity run is simulated too (`operating_point`): the load each side
+really ran at.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def simulated_capacity(trace: Trace, cfg: SimConfig, cost: CostModel) -> dict:
 def operating_point(trace: Trace, cfg: SimConfig, cost: CostModel, capacity: dict | None) -> dict | None:
     """errors["capacity"] with the simulator's own capacity beside the engine's: the load each side
     ran at. Near saturation a latency percentile moves several points per 1% of load (host V's Azure
-    slice at 90%, H200: TTFT P90 3.4 points per 1% of step time), so a replica that the model makes
+    slice at 90%, H200: TTFT P90 3.7 points per 1% of step time), so a replica that the model makes
     4% faster than the engine runs at 86% of its own capacity while the engine runs at 90%, and
     queues far less. `trace` is the slice as replayed (its arrivals are replaced, so any rate will do).
     """
