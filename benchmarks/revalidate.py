@@ -32,7 +32,7 @@ from benchmarks.validation_errors import (
     summarize,
 )
 from benchmarks.validation_report import write_validation_report
-from benchmarks.validation_sensitivity import operating_point, step_sensitivity
+from benchmarks.validation_sensitivity import add_what_ifs
 from sim.config import SimConfig
 from sim.results import RunResult
 from sim.simulator import Simulation
@@ -373,8 +373,7 @@ def recompute(
         measured, predicted, table, cost, old["mirror"], target if target is not None else old["target"],
         notes, old.get("capacity"),
     )
-    errors["sensitivity"] = step_sensitivity(trace, cfg, cost, measured.metrics, errors)
-    errors["capacity"] = operating_point(trace, cfg, cost, old.get("capacity"))
+    add_what_ifs(errors, trace, cfg, cost, measured.metrics)
     if old.get("repeats"):
         errors["repeats"] = repeat_summary(repeated_runs(old["repeats"]), predicted.metrics, errors["target"])
     if old.get("gpu"):

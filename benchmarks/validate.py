@@ -81,10 +81,10 @@ from benchmarks.validation_errors import (
 )
 from benchmarks.validation_report import build_validation_figures, jsonable, write_validation_report
 from benchmarks.validation_sensitivity import (
+    add_what_ifs,
+    capacity_burst,
     capacity_record,
-    operating_point,
     simulated_capacity,
-    step_sensitivity,
 )
 from sim.config import ASYNC_MODES, SimConfig
 from sim.results import RunResult
@@ -315,13 +315,11 @@ def measure_capacity(
     one, so the validation run starts from an empty prefix cache as the simulator does);
     'sim': simulated with the calibrated model (fast, but it is the model's own estimate).
     """
-    from traces.transforms import replace_arrivals
-
     if source == "sim":
         return simulated_capacity(trace, cfg, cost)
     if source != "engine":
         raise ValueError(f"capacity source must be 'engine' or 'sim', got {source!r}")
-    res = engine.replay(replace_arrivals(trace, np.zeros(len(trace))), seed=seed)
+    res = engine.replay(capacity_burst(trace), seed=seed)
     engine.reset_kv()
     return capacity_record(res, "engine")
 
@@ -464,8 +462,7 @@ def validate(
     if bad:
         raise AssertionError(f"simulated replica does not mirror the engine in: {', '.join(bad)}")
     errors = summarize(measured, predicted, table, cost, mirror, target, notes, capacity)
-    errors["sensitivity"] = step_sensitivity(trace, cfg, cost, measured.metrics, errors)
-    errors["capacity"] = operating_point(trace, cfg, cost, capacity)
+    add_what_ifs(errors, trace, cfg, cost, measured.metrics)
     if reader is not None:
         errors["gpu"] = gpu_log.record(t_replay)
     if repeats > 1:

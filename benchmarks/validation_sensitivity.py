@@ -139,10 +139,14 @@ def capacity_record(result: RunResult, source: str) -> dict:
     }
 
 
+def capacity_burst(trace: Trace) -> Trace:
+    """The capacity run's workload: the slice with every request arriving at once."""
+    return replace_arrivals(trace, np.zeros(len(trace)))
+
+
 def simulated_capacity(trace: Trace, cfg: SimConfig, cost: CostModel) -> dict:
     """The capacity run simulated: the model's own capacity."""
-    burst = replace_arrivals(trace, np.zeros(len(trace)))
-    return capacity_record(Simulation(burst, cfg, cost=cost).run(), "sim")
+    return capacity_record(Simulation(capacity_burst(trace), cfg, cost=cost).run(), "sim")
 
 
 def operating_point(trace: Trace, cfg: SimConfig, cost: CostModel, capacity: dict | None) -> dict | None:
@@ -161,6 +165,13 @@ def operating_point(trace: Trace, cfg: SimConfig, cost: CostModel, capacity: dic
         "simulated_rel_error": sim / capacity["request_throughput"] - 1,
         "simulated_load": capacity["rate"] / sim,
     }
+
+
+def add_what_ifs(errors: dict, trace: Trace, cfg: SimConfig, cost: CostModel, measured: dict) -> None:
+    """The report's re-simulations of the slice, beside `summarize`'s errors: the step-time
+    sensitivity (errors["sensitivity"]) and the operating point (errors["capacity"], extended)."""
+    errors["sensitivity"] = step_sensitivity(trace, cfg, cost, measured, errors)
+    errors["capacity"] = operating_point(trace, cfg, cost, errors.get("capacity"))
 
 
 def format_operating_point(capacity: dict | None) -> list[str]:
