@@ -15,6 +15,7 @@ against; it loops over sequences in Python, so it is not meant to be fast.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,19 +95,32 @@ def build_metadata(
             slots.extend((np.asarray(table, dtype=np.int64)[pos // block_size] * block_size
                           + pos % block_size).tolist())  # fmt: skip
         cu.append(cu[-1] + n)
-    max_blocks = max((len(t) for t in block_tables), default=1) or 1
-    padded = [t + [pad_block] * (max_blocks - len(t)) for t in block_tables]
     return AttentionMetadata(
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
         cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
         context_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
-        block_tables=torch.tensor(padded, dtype=torch.int32, device=device),
+        block_tables=torch.from_numpy(padded_tables(block_tables, pad_block)).to(device),
         q_lens=list(q_lens),
         context_lens_host=list(context_lens),
         block_tables_host=[list(t) for t in block_tables],
         max_q_len=max(q_lens, default=0),
         max_context_len=max(context_lens, default=0),
     )
+
+
+def padded_tables(block_tables: list[list[int]], pad_block: int) -> np.ndarray:
+    """[B, longest table] int32 with each row's table, padded with `pad_block`.
+
+    Built with one fill and one masked store: padding Python lists and handing torch a nested list
+    cost ~60 ns an element of the padded matrix, and a step's host preparation runs before the
+    device has anything to do (H200: 3.5 ms of a 31 ms mixed step of 128 decodes beside a chunk over
+    a 4k prefix, .scratch/mixed_seq_probe.py)."""
+    lens = np.fromiter(map(len, block_tables), dtype=np.int64, count=len(block_tables))
+    width = max(1, int(lens.max(initial=0)))
+    out = np.full((len(block_tables), width), pad_block, dtype=np.int32)
+    flat = np.fromiter(itertools.chain.from_iterable(block_tables), dtype=np.int32, count=int(lens.sum()))
+    out[np.arange(width) < lens[:, None]] = flat  # row-major: each row's blocks in order
+    return out
 
 
 def write_kv(

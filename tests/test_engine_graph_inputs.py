@@ -1,4 +1,5 @@
-"""The decode graphs' packed input staging (DecodeGraphs.load) against build_metadata, on CPU.
+"""The decode graphs' packed input staging (DecodeGraphs.load) against build_metadata, on CPU, and
+the eager path's block-table padding against the plain list padding it replaces.
 
 The CUDA graph path never builds AttentionMetadata per step: it writes ids, positions, slots,
 context lengths and block tables straight into one packed buffer. Here that buffer (staged on
@@ -8,6 +9,7 @@ rows must point at the scratch block only.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,7 +17,7 @@ torch = pytest.importorskip("torch")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from engine.attention import build_metadata  # noqa: E402
+from engine.attention import build_metadata, padded_tables  # noqa: E402
 from engine.cuda_graphs import DecodeGraphs, decode_buckets  # noqa: E402
 from policies.sequence import PENDING, Sequence  # noqa: E402
 from traces.schema import Request  # noqa: E402
@@ -105,3 +107,14 @@ def test_pending_ids_name_their_row_of_the_sampled_buffer() -> None:
     assert g.src[:4].tolist() == [-1, 5, 0, -1]  # the padding row too
     with pytest.raises(ValueError, match="sequence 2: its input id is pending"):
         g.load(seqs, {1: 5})
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**31 - 1), max_size=12), max_size=10), st.integers(0, 50))
+def test_padded_tables_is_the_list_padding(tables: list[list[int]], pad: int) -> None:
+    """The eager path's vectorised block-table padding says what padding each list would."""
+    width = max((len(t) for t in tables), default=1) or 1
+    want = [t + [pad] * (width - len(t)) for t in tables]
+    got = padded_tables(tables, pad)
+    assert got.dtype == np.int32 and got.shape == (len(tables), width)
+    assert got.tolist() == want
