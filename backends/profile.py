@@ -29,7 +29,8 @@ another of its shape) and launch_s
 (median host seconds of launching the step: staging its inputs, then Python's kernel launches or
 the graph's replay); async scheduling's model needs both. warm_s (median seconds of the same step
 timed a second time, right after the first: in serving, a step mostly follows one of its own shape)
-is recorded to compare the two timings.
+is recorded to compare the two timings. prep_s (eager steps: median host seconds of building the
+step's input tensors, part of launch_s) is what the device waits for before the step's first kernel.
 Samples, overhead and serving records are written one per line, so a diff of two
 profiles reads row by row and an error in a hand-edited file points at its line.
 `Profile.load(Profile.save(p))` equals `p` exactly (floats are written with Python's shortest
@@ -146,6 +147,7 @@ class ShapeSample:
     device_s: float | None = None  # graph steps: median device seconds (events), else None
     launch_s: float | None = None  # median host seconds of the step's launch (staging included)
     warm_s: float | None = None  # median seconds of the step timed again right after itself
+    prep_s: float | None = None  # eager steps: median host seconds of input preparation (in launch_s)
 
     @property
     def shape(self) -> BatchShape:
@@ -570,7 +572,7 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     r.no_extra(
         s, path,
         {"prefill", "num_decode", "decode_context", "decode_max_context", "times_s", "median_s", "device_s",
-         "launch_s", "warm_s"},
+         "launch_s", "warm_s", "prep_s"},
     )  # fmt: skip
     prefill, nd, ctx, mx = _read_shape(r, s, path)
     times_raw = r.get(s, path, "times_s", list)
@@ -584,7 +586,7 @@ def _read_sample(r: _Reader, s: Any, path: tuple) -> ShapeSample:
     if not math.isclose(med, want, rel_tol=1e-9, abs_tol=0.0):
         raise ProfileError(path + ("median_s",), f"is {med!r} but the median of times_s is {want!r}")
     opt: dict[str, float | None] = {}
-    for key in ("device_s", "launch_s", "warm_s"):
+    for key in ("device_s", "launch_s", "warm_s", "prep_s"):
         opt[key] = None
         if key in s:
             opt[key] = r.get(s, path, key, float)
@@ -639,6 +641,8 @@ def _sample_dict(s: ShapeSample) -> dict[str, Any]:
         d["launch_s"] = s.launch_s
     if s.warm_s is not None:
         d["warm_s"] = s.warm_s
+    if s.prep_s is not None:
+        d["prep_s"] = s.prep_s
     return d
 
 

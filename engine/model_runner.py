@@ -154,6 +154,9 @@ class ModelRunner:
         self.time_device = False
         self.last_device_seconds: float | None = None
         self.last_launch_seconds = 0.0  # host seconds of the last `launch` call
+        # host seconds of the last eager launch's input preparation (None after a graph step): it
+        # runs before the step's first kernel is queued, so the device waits for all of it
+        self.last_prepare_seconds: float | None = None
         self._timers = (
             [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(2)]
             if cuda
@@ -274,6 +277,7 @@ class ModelRunner:
         sg = self.step_graphs
         slot = self._slot ^ 1
         timed = self.time_device and self._timers is not None
+        self.last_prepare_seconds = None
         if batch.is_empty:
             seqs: list[Sequence] = []
             timed = False
@@ -293,6 +297,7 @@ class ModelRunner:
         else:
             timed = False
             inp = self.prepare(batch, self._sources)
+            self.last_prepare_seconds = time.perf_counter() - t0
             hidden = self.forward_hidden(inp)
             seqs = inp.sample_seqs
             if seqs:

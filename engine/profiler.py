@@ -570,6 +570,7 @@ def profile_runner(
     times: list[list[float]] = [[] for _ in shapes]
     device: list[list[float]] = [[] for _ in shapes]  # graph steps' device seconds
     launch: list[list[float]] = [[] for _ in shapes]  # launch seconds (host)
+    prep: list[list[float]] = [[] for _ in shapes]  # eager steps' input preparation seconds (host)
     warm: list[list[float]] = [[] for _ in shapes]  # wall seconds, timed again right after itself
     overhead: dict[int, OverheadSample] = {}
     with torch.inference_mode():
@@ -599,6 +600,8 @@ def profile_runner(
                     try:
                         times[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
                         launch[i].append(runner.last_launch_seconds)
+                        if runner.last_prepare_seconds is not None:
+                            prep[i].append(runner.last_prepare_seconds)
                         # In serving a step mostly follows one of its own shape (the same graph): on
                         # H200 hosts the loop ran batch-1 decode graphs 2-5% under the grid's time.
                         warm[i] += _time(lambda b=batch: runner.execute(b), sync, 0, 1)
@@ -627,6 +630,7 @@ def profile_runner(
                 statistics.median(device[i]) if device[i] else None,
                 statistics.median(launch[i]) if launch[i] else None,
                 statistics.median(warm[i]),
+                statistics.median(prep[i]) if prep[i] else None,
             )
         )
         over.append(overhead[i])

@@ -74,7 +74,10 @@ def small_profile() -> Profile:
         [
             replace(sample([], 4, 4 * 513, [0.1 + 0.2, 0.30000000000000004, 0.29]), device_s=0.2875),
             replace(
-                sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]), launch_s=0.0125, warm_s=3e-3
+                sample([(512, 0)], 0, 0, [1e-7, 3.5e-3, 0.0123456789012345678]),
+                launch_s=0.0125,
+                warm_s=3e-3,
+                prep_s=1.5e-3,
             ),
             sample([(100, 4096), (7, 0)], 3, 99, [0.05, 0.051]),
             replace(sample([], 3, 3000, [0.02]), decode_max_context=2500),  # uneven contexts
@@ -104,6 +107,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert q.samples[0].device_s == 0.2875 and q.samples[1].device_s is None
     assert q.samples[1].launch_s == 0.0125 and q.samples[0].launch_s is None
     assert q.samples[1].warm_s == 3e-3 and q.samples[0].warm_s is None
+    assert q.samples[1].prep_s == 1.5e-3 and q.samples[0].prep_s is None
     assert q.serving[0].shape.decode_max_context == 4000 and q.serving[0].as_sample().kind == "mixed"
     assert q.serving[0].launch_s == 0.0123 and q.serving[1].launch_s is None
     # Files written before the serving phase existed still load.
@@ -372,6 +376,8 @@ def test_profiler_quick_grid_on_cpu(tmp_path: Path) -> None:
     for s in prof.samples:
         assert lim.why_not(s.shape) is None
         assert s.n == 3 and all(t > 0 for t in s.times_s) and s.warm_s is not None and s.warm_s > 0
+        # every CPU step is eager: its input preparation is timed, inside its launch
+        assert s.prep_s is not None and s.launch_s is not None and 0 < s.prep_s <= s.launch_s
     # The uneven decode batch (one 32-token context among 8-token ones) is run and recorded as such;
     # the grid's other decode samples of 2+ sequences spread their contexts +-50% (ProfileGrid.decode_spread).
     dec = [(s.num_decode, s.decode_context, s.decode_max_context) for s in prof.samples if not s.prefill]
