@@ -59,9 +59,13 @@ ctx and longest single context max_ctx:
   for bit).
 
 Eager steps ("prefill" group: prefill-only and mixed batches). Python launches the eager forward
-kernel by kernel while the GPU runs them, so the step takes as long as the slower of the two:
+kernel by kernel while the GPU runs them, so the step takes as long as the slower of the two, after
+the inputs are built (the device has nothing queued until then):
 
-    execute = max(cpu, gpu)
+    execute = prep + max(cpu, gpu)
+    prep = prep_fixed + prep_seq * S + prep_ctx * context tokens    fitted on its own to the
+                                                  profile's measured preparation (`prep_s`; 0 for
+                                                  profiles without it, whose fits absorb it)
     cpu = cpu_fixed + cpu_seq * S                 launches and input preparation (S sequences)
     gpu = fixed + token * T + token>k * max(0, T - k)    GEMMs of the T new tokens: weight-bound,
                                                   then compute-bound past the roofline knee
@@ -720,7 +724,7 @@ class CalibratedCostModel:
         shapes = [s.shape for s in samples]
         G = np.array([self._gpu_row(s, knots) for s in shapes])
         C = np.array([_cpu_row(s, self.step_bucket(s) is not None) for s in shapes])
-        y = np.array([s.median_s for s in samples])
+        y = np.array([s.median_s - self._prep(s.shape) for s in samples])  # the device waits for prep
 
         known = np.array([self._decode_launch_longest(s) for s in shapes])
 
@@ -761,6 +765,8 @@ class CalibratedCostModel:
         self._pf_ctx_col = iu
         gpu = G @ g + np.array([self._decode_launch(s, r) for s, r in zip(shapes, G)])
         predicted = np.maximum(gpu, C @ c) if self.overlapped else gpu + C @ c
+        predicted += np.array([self._prep(sh) for sh in shapes])
+        y += np.array([self._prep(sh) for sh in shapes])
         return TermFit(
             terms, self._gpu_coef + self._cpu_coef, knots, tuple(y.tolist()), tuple(predicted.tolist())
         )
@@ -844,7 +850,39 @@ class CalibratedCostModel:
 
     def _eager_execute(self, shape: BatchShape) -> float:
         g, c = self._eager_parts(shape)
-        return self._scale(shape) * (max(g, c) if self.overlapped else g + c)
+        return self._scale(shape) * (max(g, c) if self.overlapped else g + c) + self._prep(shape)
+
+    def _fit_eager_prep(self, samples: list[ShapeSample]) -> None:
+        """Host seconds of building an eager step's inputs (`ShapeSample.prep_s`), fixed + per
+        sequence + per context token (the block tables), by non-negative least squares on seconds.
+
+        Python launches an eager step's kernels while the device runs the earlier ones, but nothing
+        is queued before the inputs exist: the device waits for all of the preparation, so it adds
+        to the step instead of hiding under it, and it grows with the batch (on an H200 host, 1.0 ms
+        beside 4 decodes, 2.2 ms beside 224 decodes of 2k tokens, after the block tables' padding
+        went to numpy; 7.2 ms before). Fitted into the device terms it bent them: as one more
+        per-sequence term of the grid fit it moved the twenty sync runs' largest errors from 186 to
+        201 points, with Mooncake's worst. Profiles without prep times (before this field) take it
+        as 0, as before: their fits absorb it."""
+        rows = [
+            (s.shape, s.prep_s) for s in samples if s.prep_s is not None and self.step_bucket(s.shape) is None
+        ]
+        self._eager_prep: tuple[float, float, float] | None = None
+        if not self.overlapped or _distinct_sizes(sh for sh, _ in rows) < 3:
+            return  # a CPU device's launch terms already add up with the compute
+        c = _nnls_absolute(_host_rows(sh for sh, _ in rows), np.array([x for _, x in rows]))
+        self._eager_prep = (float(c[0]), float(c[1]), float(c[2]))
+        self.notes.append(
+            f"eager input preparation (host, before the first kernel; {len(rows)} samples): "
+            f"{1e3 * c[0]:.2f} ms + {1e6 * c[1]:.2f} us per sequence + {1e9 * c[2]:.1f} ns per context token"
+        )
+
+    def _prep(self, shape: BatchShape) -> float:
+        """Seconds the device waits for an eager step's inputs (0 for graph steps, or without a fit)."""
+        p = self._eager_prep
+        if p is None or self.step_bucket(shape) is not None or self.as_decode(shape) is not None:
+            return 0.0
+        return p[0] + p[1] * shape.num_seqs + p[2] * _context_tokens(shape)
 
     def _fit_eager_scale(self, serving: list[ShapeSample]) -> None:
         """How much slower the serving loop runs eager steps than the grid measured them: the median
@@ -1042,6 +1080,7 @@ class CalibratedCostModel:
                 f"(has {len(dec)} decode, {len(pre)} with prefill)"
             )
         self._fit_graph_host()
+        self._fit_eager_prep(pre)
         self.decode_fit = self._fit_decode([self._as_served(s) for s in dec])
         self.prefill_fit = self._fit_eager([self._as_served(s) for s in pre])
         self._fit_eager_scale([s for s in serving if self.as_decode(s.shape) is None])
@@ -1143,7 +1182,7 @@ class CalibratedCostModel:
             launch = self._scale(shape) * c
         else:
             launch = line[0] + line[1] * shape.num_seqs + line[2] * shape.num_tokens
-        return OverlapParts(sched, launch, self._scale(shape) * g, comp, False)
+        return OverlapParts(sched, launch, self._scale(shape) * g + self._prep(shape), comp, False)
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'
@@ -1188,6 +1227,8 @@ class CalibratedCostModel:
                     out.update(cpu)
                 else:
                     out.update(gpu if g >= c else cpu)
+                if prep := self._prep(shape):
+                    out["prep"] = prep
             else:
                 n, ctx, mx = d
                 a, b, c, g = self._decode_coefs(n)

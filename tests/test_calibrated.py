@@ -439,6 +439,32 @@ def test_eager_steps_take_the_slower_of_launch_and_device_work() -> None:
         assert add.parts(s)["execute"] == pytest.approx(true_execute(s, False, False), rel=1e-6)
 
 
+PREP = (6e-4, 9e-6, 4e-9)  # an eager step's input preparation: fixed, per sequence, per context token
+
+
+def prep_of(shape: BatchShape) -> float:
+    ctx = shape.decode_context + sum(n + c for n, c in shape.prefill)
+    return PREP[0] + PREP[1] * shape.num_seqs + PREP[2] * ctx
+
+
+def test_eager_input_preparation_adds_to_the_step() -> None:
+    """The device waits for an eager step's inputs: the profile's prep_s line is fitted on its own
+    and added to the slower of launch and device work, which are fitted to what is left."""
+    base = synthetic_profile(truth=lambda s: true_execute(s) + (prep_of(s) if s.prefill else 0.0))
+    samples = [replace(x, prep_s=prep_of(x.shape)) if x.prefill else x for x in base.samples]
+    m = CalibratedCostModel(profile=replace(base, samples=samples))
+    np.testing.assert_allclose(m._eager_prep, PREP, rtol=1e-6)
+    for s in grid() + extra_shapes():
+        want = true_execute(s) + (prep_of(s) if s.prefill else 0.0)
+        assert m.parts(s)["execute"] == pytest.approx(want, rel=1e-6), s
+        assert sum(m.breakdown(s).values()) == pytest.approx(m.stage_time(s), rel=1e-12)
+    small = BatchShape([(16, 0)], 3, 300)
+    assert m.breakdown(small)["prep"] == pytest.approx(prep_of(small), rel=1e-6)
+    assert m.overlap_parts(small).device == pytest.approx(m._eager_parts(small)[0] + prep_of(small), rel=1e-9)
+    # Without prep times (profiles before the field) nothing is added.
+    assert _NOISE_FREE._eager_prep is None and "prep" not in _NOISE_FREE.breakdown(small)
+
+
 def test_noisy_fit_stays_close_and_physical() -> None:
     m = CalibratedCostModel(profile=synthetic_profile(noise=0.02, seed=3))
     rep = m.fit_report()
