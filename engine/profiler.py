@@ -553,6 +553,7 @@ def profile_runner(
     shapes, notes = grid_shapes(grid, limits)
     if not shapes:
         raise ValueError("no grid shape fits this engine's limits: " + "; ".join(notes[:5]))
+    notes.insert(0, "grid batches draw KV blocks from a shuffled free list (shuffle_free_blocks)")
     notes.insert(
         0,
         f"decode samples of 2+ sequences: contexts spread linearly over +-{100 * grid.decode_spread:g}% of "
@@ -560,6 +561,7 @@ def profile_runner(
     )
     t_start = time.perf_counter()
     kv = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching=False)
+    kv.shuffle_free_blocks(seed)  # the grid's KV placed as a long-served pool's is (see there)
     synth = _Synth(runner.spec.vocab_size, seed)
     sync = runner.device.synchronize
     say = progress or (lambda _m: None)

@@ -67,6 +67,36 @@ def test_allocate_is_all_or_nothing():
     assert (kv.num_free_blocks, b.block_table) == before
 
 
+def _per_seq(blocks: list[int]) -> list[list[int]]:
+    return [blocks[k : k + 8] for k in range(0, len(blocks), 8)]
+
+
+def _consecutive(table: list[int]) -> bool:
+    return sorted(table) == list(range(min(table), min(table) + len(table)))
+
+
+def test_shuffled_free_list_changes_placement_only():
+    """A shuffled pool hands out scattered blocks (the same for a seed), never a block twice, and
+    accounts exactly as a fresh one."""
+    tables = {}
+    for seed in (None, 7, 7, 8):
+        kv = BlockManager(num_blocks=64, block_size=4, enable_prefix_caching=False)
+        if seed is not None:
+            kv.shuffle_free_blocks(seed)
+        seqs = [seq_with_tokens(i, list(range(30))) for i in range(8)]
+        assert all(kv.allocate(s, 30) for s in seqs)
+        assert kv.num_free_blocks == 0 and not kv.allocate(seq_with_tokens(9, [1]), 1)
+        got = [b for s in seqs for b in s.block_table]
+        assert sorted(got) == list(range(64))
+        tables.setdefault(seed, []).append(got)
+        for s in seqs:
+            kv.free(s)
+        assert kv.num_free_blocks == 64
+    assert all(map(_consecutive, _per_seq(tables[None][0])))  # a fresh pool: runs of blocks
+    assert not any(map(_consecutive, _per_seq(tables[7][0])))
+    assert tables[7][0] == tables[7][1] != tables[8][0] and tables[7][0] != tables[None][0]
+
+
 def test_trace_prefix_hashes_hit():
     kv = BlockManager(num_blocks=200, block_size=16)
     a = Sequence(Request(0, 0.0, 1200, 5, prefix_hashes=(7, 8, 9), hash_block_tokens=512))
