@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.accelerators import get_accelerator
-from backends.calibrated import CalibratedCostModel, triton_decode_splits, triton_decode_tile
+from backends.calibrated import (
+    FEW_SEQS,
+    FEW_SEQS_MIN_STEPS,
+    CalibratedCostModel,
+    triton_decode_splits,
+    triton_decode_tile,
+)
 from backends.cost_model import COST_MODELS, BatchShape, ParallelLayout
 from backends.models import get_model
 from backends.profile import (
@@ -463,6 +469,27 @@ def test_eager_input_preparation_adds_to_the_step() -> None:
     assert m.overlap_parts(small).device == pytest.approx(m._eager_parts(small)[0] + prep_of(small), rel=1e-9)
     # Without prep times (profiles before the field) nothing is added.
     assert _NOISE_FREE._eager_prep is None and "prep" not in _NOISE_FREE.breakdown(small)
+
+
+def test_with_prep_times_the_loop_factor_comes_from_few_sequence_steps() -> None:
+    """The serving phase's many-sequence steps decode over shared prefixes (faster than the fit);
+    where input preparation is modelled, only its eager steps of few sequences set the factor."""
+    base = synthetic_profile(truth=lambda s: true_execute(s) + (prep_of(s) if s.prefill else 0.0))
+    samples = [replace(x, prep_s=prep_of(x.shape)) if x.prefill else x for x in base.samples]
+    served = [x for x in grid() + extra_shapes() if x.prefill]
+    few = [x for x in served if x.num_seqs < FEW_SEQS]
+    many = [x for x in served if x.num_seqs >= FEW_SEQS]
+    assert len(few) >= FEW_SEQS_MIN_STEPS and 4 * len(many) > len(few)
+    steps = [
+        ServingStep(tuple(x.prefill), x.num_decode, x.decode_context, x.decode_max_context, 1e-5,
+                    (1.05 if x in few else 0.93) * (true_execute(x) + prep_of(x)), 1e-5)
+        for x in few + 4 * many  # the many-sequence steps are the majority
+    ]  # fmt: skip
+    m = CalibratedCostModel(profile=replace(base, samples=samples, serving=steps))
+    assert m.eager_scale == pytest.approx(1.05, rel=1e-6)
+    assert any(f"eager steps of fewer than {FEW_SEQS} sequences" in n for n in m.notes)
+    old = CalibratedCostModel(profile=replace(base, serving=steps))  # no prep times: over all steps
+    assert old._eager_prep is None and old.eager_scale < 1.0
 
 
 def test_noisy_fit_stays_close_and_physical() -> None:
