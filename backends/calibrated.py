@@ -862,9 +862,9 @@ class CalibratedCostModel:
 
         Python launches an eager step's kernels while the device runs the earlier ones, but nothing
         is queued before the inputs exist: the device waits for all of the preparation, so it adds
-        to the step instead of hiding under it, and it grows with the batch (on an H200 host, 1.0 ms
+        to the step instead of hiding under it, and it grows with the batch (H200 host AA: 1.0 ms
         beside 4 decodes, 2.2 ms beside 224 decodes of 2k tokens, after the block tables' padding
-        went to numpy; 7.2 ms before). Fitted into the device terms it bent them: as one more
+        went to numpy; up to 7.2 ms before). Fitted into the device terms it bent them: as one more
         per-sequence term of the grid fit it moved the twenty sync runs' largest errors from 186 to
         201 points, with Mooncake's worst. Profiles without prep times (before this field) take it
         as 0, as before: their fits absorb it."""
@@ -913,9 +913,9 @@ class CalibratedCostModel:
         the serving phase's eager steps of fewer than FEW_SEQS sequences alone. Those profiles model
         what grows with the batch on the host, and what is left to set the median is the serving
         workload's prefix sharing: its many-sequence steps decode over shared prefixes and run 5-7%
-        under the fit (one H200 profile, host AC), while a trace's private contexts do not. Over
-        all steps the factor was 0.957 and put that host's Azure eager steps 6.9-8.2% fast (largest
-        errors 10.7% and 44.7%, recomputed); over the few-sequence ones it is 1.020 (4.9% and 15.5%).
+        under the fit (H200 hosts AC, AE, AG), while a trace's private contexts do not. Over all
+        steps the factor was 0.957 on AC and put its Azure eager steps 5.7-8.2% fast (largest errors
+        10.7% and 44.7%, recomputed); over the few-sequence ones it is 1.020 (5.0% and 14.3%).
         Without prep times the many-sequence steps' host time lives only in the median over all."""
         self.eager_scale = 1.0
         if not serving:
