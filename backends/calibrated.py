@@ -912,7 +912,7 @@ class CalibratedCostModel:
         Where the profile times eager input preparation (`_fit_eager_prep`), the factor comes from
         the serving phase's eager steps of fewer than FEW_SEQS sequences alone. Those profiles model
         what grows with the batch on the host, and what is left to set the median is the serving
-        workload's prefix sharing: its many-sequence steps decode over shared prefixes and run 5-7%
+        workload's prefix sharing: its many-sequence steps decode over shared prefixes and run 4-10%
         under the fit (H200 hosts AC, AE, AG), while a trace's private contexts do not. Over all
         steps the factor was 0.957 on AC and put its Azure eager steps 5.7-8.2% fast (largest errors
         10.7% and 44.7%, recomputed); over the few-sequence ones it is 1.020 (5.0% and 14.3%).
