@@ -69,7 +69,7 @@ class BlockManager:
 
         A fresh pool hands out consecutive blocks, so a batch built on it reads its KV from a few
         dense regions; a served batch reads blocks scattered over the pool. On an H200 (host AD,
-        Llama-3.1-8B, .scratch/scatter_probe.py) scattered blocks made decode steps of 112-160
+        Llama-3.1-8B, benchmarks/bench_kv_placement.py) scattered blocks made decode steps of 112-160
         sequences 3-4% slower and of 256 sequences at 3k tokens 8% slower (no change at 32), the
         size of the profile's under-prediction of served decode steps of 96+ sequences. Allocation
         counts never depend on the order, so simulation results do not either."""
