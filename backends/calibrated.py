@@ -728,7 +728,8 @@ class CalibratedCostModel:
         shapes = [s.shape for s in samples]
         G = np.array([self._gpu_row(s, knots) for s in shapes])
         C = np.array([_cpu_row(s, self.step_bucket(s) is not None) for s in shapes])
-        y = np.array([s.median_s - self._prep(s.shape) for s in samples])  # the device waits for prep
+        prep = np.array([self._prep(sh) for sh in shapes])
+        y = np.array([s.median_s for s in samples]) - prep  # the device waits for the preparation
 
         known = np.array([self._decode_launch_longest(s) for s in shapes])
 
@@ -769,8 +770,8 @@ class CalibratedCostModel:
         self._pf_ctx_col = iu
         gpu = G @ g + np.array([self._decode_launch(s, r) for s, r in zip(shapes, G)])
         predicted = np.maximum(gpu, C @ c) if self.overlapped else gpu + C @ c
-        predicted += np.array([self._prep(sh) for sh in shapes])
-        y += np.array([self._prep(sh) for sh in shapes])
+        predicted += prep
+        y += prep
         return TermFit(
             terms, self._gpu_coef + self._cpu_coef, knots, tuple(y.tolist()), tuple(predicted.tolist())
         )
@@ -882,9 +883,10 @@ class CalibratedCostModel:
         )
 
     def _prep(self, shape: BatchShape) -> float:
-        """Seconds the device waits for an eager step's inputs (0 for graph steps, or without a fit)."""
+        """Seconds the device waits for the inputs of a step with prefill tokens (`as_decode` None,
+        as every caller has checked): 0 for a step-graph replay, or without a fit."""
         p = self._eager_prep
-        if p is None or self.step_bucket(shape) is not None or self.as_decode(shape) is not None:
+        if p is None or self.step_bucket(shape) is not None:
             return 0.0
         return p[0] + p[1] * shape.num_seqs + p[2] * _context_tokens(shape)
 
