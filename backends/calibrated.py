@@ -1197,12 +1197,23 @@ class CalibratedCostModel:
             ex = self._execute(shape)
             return OverlapParts(sched, ex, ex, comp, False)
         g, c = self._eager_parts(shape)
-        line = self._eager_launch
-        if line is None:  # no measured launch times: the eager fit's launch part (0 where GPU-bound)
+        launch = self.host_launch(shape)
+        if launch is None:  # no measured launch times: the eager fit's launch part (0 where GPU-bound)
             launch = self._scale(shape) * c
-        else:
-            launch = line[0] + line[1] * shape.num_seqs + line[2] * shape.num_tokens
         return OverlapParts(sched, launch, self._scale(shape) * g + self._prep(shape), comp, False)
+
+    def host_launch(self, shape: BatchShape) -> float | None:
+        """Host seconds of launching the step, as the profile has them: a graph step's host part at the
+        serving loop's level (`_fit_graph_host`), an eager step's launch line (`_fit_eager_launch`);
+        None where the profile has no launch times. The validation sets the run's own launches
+        against it: the card's times repeat across hosts far better than the host's do."""
+        kind = self.graph_kind(shape)
+        if kind is not None:
+            return self._graph_host_s(kind, shape) if kind in self._graph_host else None
+        line = self._eager_launch
+        if line is None:
+            return None
+        return line[0] + line[1] * shape.num_seqs + line[2] * shape.num_tokens
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'

@@ -260,10 +260,13 @@ def replay_check(measured: RunResult, trace: Trace, cfg: SimConfig, recorded: li
     return f"replay check: the {len(rebuilt)} iteration shapes rebuild exactly from the measured run"
 
 
-def _read_column(path: Path, name: str) -> np.ndarray:
+def _read_column(path: Path, name: str, optional: bool = False) -> np.ndarray | None:
+    """A numeric column of a CSV file; a missing one is an error, or None when `optional`."""
     with open(path, newline="") as f:
         rows = csv.DictReader(f)
         if rows.fieldnames is None or name not in rows.fieldnames:
+            if optional and rows.fieldnames is not None:
+                return None
             raise ValueError(f"{path}: no column {name!r} (columns: {rows.fieldnames})")
         vals = []
         for i, r in enumerate(rows, start=2):
@@ -361,7 +364,10 @@ def recompute(
     say(f"{run}: rebuilding {len(measured.iterations['start'])} iteration shapes")
     shapes = replay_shapes(measured, trace, cfg)
     execute_s = _read_column(run / "iterations.csv", "execute_s")
-    table = iteration_table(measured, shapes, execute_s, cost, async_scheduling=cfg.async_scheduling)
+    launch_s = _read_column(run / "iterations.csv", "launch_s", optional=True)
+    table = iteration_table(
+        measured, shapes, execute_s, cost, async_scheduling=cfg.async_scheduling, launch_s=launch_s
+    )
     kept = [n for n in old.get("notes", []) if not n.startswith(("PNG export skipped", "recomputed "))]
     kept = [n for n in kept if n not in cost.notes]
     notes = kept + notes + list(cost.notes)

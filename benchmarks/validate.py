@@ -455,7 +455,10 @@ def validate(
         )
     shapes = [t.shape for t in steps]
     execute_s = np.asarray([t.execute_s for t in steps])
-    table = iteration_table(measured, shapes, execute_s, cost, async_scheduling=cfg.async_scheduling)
+    launch_s = np.asarray([np.nan if t.launch_s is None else t.launch_s for t in steps], dtype=np.float64)
+    table = iteration_table(
+        measured, shapes, execute_s, cost, async_scheduling=cfg.async_scheduling, launch_s=launch_s
+    )
     notes.append(replay_check(measured, trace, cfg, shapes))
     mirror = mirror_table(engine, cfg)
     bad = [k for k, (a, b) in mirror.items() if a != b]

@@ -275,11 +275,14 @@ def iteration_table(
     execute_s: np.ndarray,
     cost: CalibratedCostModel,
     async_scheduling: str = "off",
+    launch_s: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per measured iteration: start (s), measured seconds (end - start: the scheduler's decision plus
     the runner's step, as the engine stamps it), the step alone (execute_s), and the cost model's
     prediction of both for that iteration's shape (`shapes`, from the replay's step log or
-    `replay_shapes`).
+    `replay_shapes`). With `launch_s` (the step log's host seconds of launching each step; runs
+    measured before it was recorded have none), that and the profile's (`host_launch`, NaN where it
+    has none) too.
 
     With async scheduling an iteration is scheduled while the previous one runs, so its seconds are
     its period, the time from the previous iteration's ids (or its own launch) to its own (the step
@@ -309,7 +312,7 @@ def iteration_table(
         predicted_s = np.array([p["execute"] + p["schedule"] for p in parts])
         predicted_execute_s = np.array([p["execute"] for p in parts])
         predicted_stage_s = np.array([cost.stage_time(s) for s in shapes])
-    return {
+    table = {
         "start": np.asarray(it["start"], dtype=np.float64),
         "measured_s": measured_s,
         "execute_s": np.asarray(execute_s, dtype=np.float64),
@@ -328,6 +331,13 @@ def iteration_table(
             dtype=np.int64,
         ),
     }
+    if launch_s is not None:
+        if len(launch_s) != n:
+            raise RuntimeError(f"engine logged {n} iterations but {len(launch_s)} launch times were given")
+        model = [cost.host_launch(s) for s in shapes]
+        table["launch_s"] = np.asarray(launch_s, dtype=np.float64)
+        table["predicted_launch_s"] = np.array([np.nan if x is None else x for x in model], dtype=np.float64)
+    return table
 
 
 def iteration_errors(table: dict[str, np.ndarray]) -> dict:
@@ -341,7 +351,30 @@ def iteration_errors(table: dict[str, np.ndarray]) -> dict:
     m, p = table["measured_s"].sum(), table["predicted_s"].sum()
     out["total_busy_seconds"] = {"measured": float(m), "predicted": float(p), "rel_error": rel_error(p, m)}
     out["by_path"] = path_errors(table)
+    if "launch_s" in table:
+        out["host_launch"] = launch_ratios(table)
     return out
+
+
+def launch_ratios(table: dict[str, np.ndarray]) -> list[dict]:
+    """The run's host launch seconds against the profile's, per launch path: median ratio over the
+    steps both have. Across H200 hosts the grids' device times agree to within 0.5% while their
+    launches differ by 20-40% (`python -m benchmarks.profile_drift`), so a run whose host is slower
+    or faster than its profile's shows here first."""
+    rows = []
+    m, q, paths = table["launch_s"], table["predicted_launch_s"], table["path"]
+    for p in sorted(set(paths.tolist())):
+        sel = (paths == p) & (m > 0) & np.isfinite(q) & (q > 0)
+        if sel.any():
+            rows.append({
+                "path": p,
+                "n": int(sel.sum()),
+                "measured_median_s": float(np.median(m[sel])),
+                "predicted_median_s": float(np.median(q[sel])),
+                "median_ratio": float(np.median(m[sel] / q[sel])),
+            })  # fmt: skip
+    rows.sort(key=lambda r: -r["n"])
+    return rows
 
 
 def path_errors(table: dict[str, np.ndarray]) -> list[dict]:
@@ -507,6 +540,16 @@ def format_errors(errors: dict) -> str:
         lines.append(describe(errors["gpu"]["summary"], "the measured run"))
         if errors["gpu"].get("error"):
             lines.append(errors["gpu"]["error"])
+    launches = errors["iterations"].get("host_launch")
+    if launches:
+        lines.append(
+            "host launch, the run's against the profile's (median ratio by launch path): "
+            + "; ".join(
+                f"{r['path']} {r['median_ratio']:.2f}x ({1e6 * r['measured_median_s']:.0f} against "
+                f"{1e6 * r['predicted_median_s']:.0f} us, {r['n']} steps)"
+                for r in launches[:4]
+            )
+        )
     worst = [r for r in errors["iterations"].get("by_path", [])[:3] if r["rel_error"] is not None]
     if worst:
         lines.append(

@@ -141,6 +141,16 @@ def test_errors_hold_every_promised_number(run) -> None:
     np.testing.assert_array_equal(t["prefill_tokens"], res.measured.iterations["prefill_tokens"])
     np.testing.assert_array_equal(t["num_decode"], res.measured.iterations["decode_tokens"])
     assert (t["predicted_s"] > 0).all() and (t["execute_s"] > 0).all()
+    # Host launches: the run's own per step, the profile's where it has a line for the step's path.
+    assert (t["launch_s"] > 0).all() and (t["launch_s"] <= t["execute_s"]).all()
+    launches = it["host_launch"]
+    assert launches and sum(r["n"] for r in launches) <= it["all"]["n"]
+    for r in launches:
+        sel = (t["path"] == r["path"]) & np.isfinite(t["predicted_launch_s"])
+        assert r["n"] == int(sel.sum())
+        ratios = t["launch_s"][sel] / t["predicted_launch_s"][sel]
+        assert r["median_ratio"] == pytest.approx(float(np.median(ratios)))
+    assert "host launch, the run's against the profile's" in format_errors(e)
     assert e["cost_model"]["name"] == "calibrated" and e["profile_fit"]["all"]["n"] > 0
     assert any(n.startswith("replay check: the") for n in e["notes"])  # recompute will rebuild this run
     # Step-time sensitivity: every headline figure with an error, re-simulated 1% faster and slower.
@@ -319,6 +329,11 @@ def test_recompute_reproduces_the_prediction_and_the_shapes(run, tmp_path: Path)
     for col in cols:
         np.testing.assert_array_equal(again.iterations[col], res.iterations[col], err_msg=col)
     np.testing.assert_array_equal(again.iterations["predicted_s"], res.iterations["predicted_s"])
+    # The launch times come back from iterations.csv (10 significant digits).
+    np.testing.assert_allclose(again.iterations["launch_s"], res.iterations["launch_s"], rtol=1e-9)
+    before, after = res.errors["iterations"]["host_launch"], again.errors["iterations"]["host_launch"]
+    assert [(r["path"], r["n"]) for r in after] == [(r["path"], r["n"]) for r in before]
+    assert [r["median_ratio"] for r in after] == pytest.approx([r["median_ratio"] for r in before], rel=1e-8)
     old = {(r["metric"], r["stat"]): r["rel_error"] for r in res.errors["metrics"]}
     new = {(r["metric"], r["stat"]): r["rel_error"] for r in again.errors["metrics"]}
     prev = {(r["metric"], r["stat"]): r["rel_error"] for r in again.errors["previous"]["metrics"]}
