@@ -1019,6 +1019,9 @@ class CalibratedCostModel:
             if t.launch_s is not None and kind is not None:
                 served[kind].append((t.shape, t.launch_s))
         self._graph_host: dict[str, tuple[float, float, float]] = {}
+        # The launch alone (staging and replay, ServingStep.launch_s) at the loop's level, where the
+        # serving phase recorded it: what a run's own launches compare with (`host_launch`).
+        self._graph_launch: dict[str, tuple[float, float, float]] = {}
         self._loop_host: set[str] = set()  # kinds whose line comes from the serving loop's launches
         for kind, samples in grid.items():
             if _distinct_sizes(s.shape for s in samples) < 3:
@@ -1032,7 +1035,9 @@ class CalibratedCostModel:
                 c = _nnls_absolute(_host_rows(s.shape for s in timed), np.array([s.launch_s for s in timed]))
                 off = [x - c[1] * sh.num_seqs - c[2] * _context_tokens(sh) for sh, x in loop]
                 rest = [s.median_s - s.launch_s - s.device_s for s in timed]
-                c[0] = max(0.0, float(np.mean(off))) + max(0.0, float(np.median(rest)))
+                launch = max(0.0, float(np.mean(off)))
+                self._graph_launch[kind] = (launch, float(c[1]), float(c[2]))
+                c[0] = launch + max(0.0, float(np.median(rest)))
                 how = f"the grid's launches, offset to the serving loop's ({len(loop)})"
                 self._loop_host.add(kind)
             else:
@@ -1203,17 +1208,22 @@ class CalibratedCostModel:
         return OverlapParts(sched, launch, self._scale(shape) * g + self._prep(shape), comp, False)
 
     def host_launch(self, shape: BatchShape) -> float | None:
-        """Host seconds of launching the step, as the profile has them: a graph step's host part at the
-        serving loop's level (`_fit_graph_host`), an eager step's launch line (`_fit_eager_launch`);
-        None where the profile has no launch times. The validation sets the run's own launches
-        against it: the card's times repeat across hosts far better than the host's do."""
+        """Host seconds of launching the step (staging its inputs, then the graph's replay or Python's
+        kernel launches), as the profile has them: for a graph step the launch part of its host line
+        at the serving loop's level (`_fit_graph_host`), for an eager step the launch line
+        (`_fit_eager_launch`); None where the profile has no launch times. The validation sets the
+        run's own launches against it: the card's times repeat across hosts far better than the
+        host's do."""
         kind = self.graph_kind(shape)
         if kind is not None:
-            return self._graph_host_s(kind, shape) if kind in self._graph_host else None
-        line = self._eager_launch
+            line = self._graph_launch.get(kind)
+            tokens = _context_tokens(shape)
+        else:
+            line = self._eager_launch
+            tokens = shape.num_tokens
         if line is None:
             return None
-        return line[0] + line[1] * shape.num_seqs + line[2] * shape.num_tokens
+        return line[0] + line[1] * shape.num_seqs + line[2] * tokens
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'
