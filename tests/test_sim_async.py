@@ -128,6 +128,9 @@ def test_the_serving_loops_launches_set_the_host_part_of_graph_steps() -> None:
         assert grid_only.parts(shape)["execute"] - ex == pytest.approx(G0, rel=0.05)
         lead, _, dev, _, graphed = m.overlap_parts(shape)
         assert graphed and dev == pytest.approx(ex - loop(shape) - REST, rel=1e-6)
+        # The launch alone, as a run's own launches are logged: the loop's line, without the remainder.
+        assert m.host_launch(shape) == pytest.approx(loop(shape), rel=1e-6)
+        assert grid_only.host_launch(shape) is None  # no serving launches: nothing to compare with
 
 
 def test_measured_eager_launch_times_set_the_launch_part() -> None:
@@ -147,6 +150,8 @@ def test_measured_eager_launch_times_set_the_launch_part() -> None:
     big = BatchShape([(2000, 0)], 8, 8 * 500)
     lead, launch, device, after, graphed = m.overlap_parts(big)
     assert launch == pytest.approx(L0 + L1 * 9 + L2 * 2008) and not graphed
+    assert m.host_launch(big) == launch
+    assert CalibratedCostModel(profile=prof).host_launch(big) is None
     # one step at a time, nothing changes
     assert m.stage_time(big) == CalibratedCostModel(profile=prof).stage_time(big)
 
