@@ -1069,7 +1069,14 @@ class CalibratedCostModel:
         seconds. The eager fit's launch terms cannot stand in: the grid's eager steps are GPU-bound,
         so max(launch, device) never shows the launch (on an H200 profile they fit to 0), while one
         step ahead the launch is what holds the host, and so the previous step's tokens and the next
-        decision. None when the profile has no launch times."""
+        decision. None when the profile has no launch times.
+
+        Where the serving phase logged its eager launches, the line keeps the grid's slopes and takes
+        the loop's level (the mean offset of the loop's launches from them), as a graph step's host
+        line does (`_fit_graph_host`): the grid's level is the host's state while the grid ran, and
+        it moves. Two profiles of one H100 host 22 minutes apart put the line's fixed part at 14.9
+        and 22.7 ms, while their serving loops launched eager steps in 17.5 and 16.7 ms (medians) and
+        their device times agreed to 0.1% (`python -m benchmarks.profile_drift`)."""
         rows = [
             (s.shape.num_seqs, s.shape.num_tokens, s.launch_s)
             for s in samples
@@ -1080,9 +1087,18 @@ class CalibratedCostModel:
             return
         X = np.array([[1.0, float(n), float(t)] for n, t, _ in rows])
         c = _nnls_absolute(X, np.array([x for _, _, x in rows]))
+        loop = [
+            t.launch_s - c[1] * t.shape.num_seqs - c[2] * t.shape.num_tokens
+            for t in self.profile.serving
+            if t.launch_s and self.as_decode(t.shape) is None and self.step_bucket(t.shape) is None
+        ]
+        how = f"{len(rows)} grid samples"
+        if loop:
+            c[0] = max(0.0, float(np.mean(loop)))
+            how += f", at the level of the serving loop's {len(loop)}"
         self._eager_launch = (float(c[0]), float(c[1]), float(c[2]))
         self.notes.append(
-            f"eager launch (host, {len(rows)} samples): {1e3 * c[0]:.2f} ms + {1e6 * c[1]:.1f} us per "
+            f"eager launch (host, {how}): {1e3 * c[0]:.2f} ms + {1e6 * c[1]:.1f} us per "
             f"sequence + {1e6 * c[2]:.2f} us per new token"
         )
 

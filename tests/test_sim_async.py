@@ -152,6 +152,15 @@ def test_measured_eager_launch_times_set_the_launch_part() -> None:
     assert launch == pytest.approx(L0 + L1 * 9 + L2 * 2008) and not graphed
     assert m.host_launch(big) == launch
     assert CalibratedCostModel(profile=prof).host_launch(big) is None
+    # The serving loop's eager launches set the line's level; the grid keeps its slopes.
+    LOOP0 = 0.007  # the loop launched 5 ms faster than the grid did
+    served = [
+        ServingStep(((t, 0),), n, n * 300, 0, 1e-4, 0.05, 1e-4, LOOP0 + L1 * (n + 1) + L2 * (t + n))
+        for n in (0, 4, 16) for t in (512, 2048)
+    ]  # fmt: skip
+    looped = CalibratedCostModel(profile=replace(prof, samples=samples, serving=served))
+    assert looped._eager_launch == pytest.approx((LOOP0, L1, L2), rel=1e-6)
+    assert looped.host_launch(big) == pytest.approx(launch - (L0 - LOOP0))
     # one step at a time, nothing changes
     assert m.stage_time(big) == CalibratedCostModel(profile=prof).stage_time(big)
 
