@@ -187,19 +187,21 @@ class Attention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:  # Qwen3: per-head RMSNorm before rope
-            q = self.q_norm(q)
-            k = self.k_norm(k)
+        qk_norm = self.q_norm is not None and self.k_norm is not None  # Qwen3: per-head RMSNorm before rope
         if self.rotary.fused and backend.name == "triton":
-            # One kernel rotates q and k and writes k/v to the pool (engine/triton_ops.py).
+            # One kernel (QK-norm,) rotates q and k and writes k/v to the pool (engine/triton_ops.py).
             from engine.triton_ops import rope_store_kv_
 
+            norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if qk_norm else None
             rope_store_kv_(
                 q, k, v, positions, self.rotary.cos, self.rotary.sin, self.k_cache, self.v_cache,
-                meta.slot_mapping,
+                meta.slot_mapping, norms,
             )  # fmt: skip
             o = backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)  # type: ignore[attr-defined]
         else:
+            if qk_norm:
+                q = self.q_norm(q)
+                k = self.k_norm(k)
             q, k = self.rotary(positions, q, k)
             o = backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         return o.reshape(t, self.q_size)

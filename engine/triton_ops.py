@@ -166,10 +166,24 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
 
 
 @triton.jit
+def _head_rms_norm(a, b, w_ptr, d, d_ok, eps, HALF: tl.constexpr, dt: tl.constexpr):
+    """RMSNorm of each head's vector, given as its two halves a and b [heads, HALF] in float32, with
+    the rounding of `_rms_norm_kernel` (normalize, cast, scale, cast) so that the rotation sees what
+    the unfused norm would have stored."""
+    r = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(b * b, 1)) / (2 * HALF) + eps)[:, None]
+    wa = tl.load(w_ptr + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    wb = tl.load(w_ptr + HALF + d, mask=d_ok, other=0.0).to(tl.float32)[None, :]
+    a = ((a * r).to(dt).to(tl.float32) * wa).to(dt).to(tl.float32)
+    b = ((b * r).to(dt).to(tl.float32) * wb).to(dt).to(tl.float32)
+    return a, b
+
+
+@triton.jit
 def _rope_store_kernel(
-    q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_c, stride_cs, stride_ch,
+    q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, qn_ptr, kn_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_c, stride_cs, stride_ch, eps,
     HQ: tl.constexpr, HK: tl.constexpr, H_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+    QK_NORM: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t)
@@ -183,6 +197,8 @@ def _rope_store_kernel(
     p1 = q_ptr + t * stride_qt + h * stride_qh + d[None, :]
     a = tl.load(p1, mask=m, other=0.0).to(tl.float32)
     b = tl.load(p1 + HALF, mask=m, other=0.0).to(tl.float32)
+    if QK_NORM:  # Qwen3: each head's RMSNorm before the rotation
+        a, b = _head_rms_norm(a, b, qn_ptr, d, d_ok, eps, HALF, q_ptr.dtype.element_ty)
     tl.store(p1, (a * c - b * s).to(q_ptr.dtype.element_ty), mask=m)
     tl.store(p1 + HALF, (b * c + a * s).to(q_ptr.dtype.element_ty), mask=m)
     # K: rotate (rounded to the activation dtype, as the unfused rope_ does) and write to the pool.
@@ -190,6 +206,8 @@ def _rope_store_kernel(
     p1 = k_ptr + t * stride_kt + h * stride_kh + d[None, :]
     a = tl.load(p1, mask=m, other=0.0).to(tl.float32)
     b = tl.load(p1 + HALF, mask=m, other=0.0).to(tl.float32)
+    if QK_NORM:
+        a, b = _head_rms_norm(a, b, kn_ptr, d, d_ok, eps, HALF, k_ptr.dtype.element_ty)
     ka = (a * c - b * s).to(k_ptr.dtype.element_ty)
     kb = (b * c + a * s).to(k_ptr.dtype.element_ty)
     pc = kc_ptr + slot * stride_cs + h * stride_ch + d[None, :]
@@ -211,10 +229,14 @@ def rope_store_kv_(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> None:
     """rope_ on q (in place) and k, then store_kv of the rotated k and of v: one launch instead of two.
 
     k itself is left unrotated (only the pool copy is rotated): attention reads keys from the pool.
+    qk_norm (q_norm weight, k_norm weight, eps; Qwen3) normalizes each head of q and k first, which
+    is otherwise two more launches a layer, and in a decode graph two more kernels of a few
+    microseconds each: the data they move is a few kilobytes a token, their latency is the cost.
     """
     t, hq, dim = q.shape
     hk = k.shape[1]
@@ -223,9 +245,10 @@ def rope_store_kv_(
     if k_cache.stride(1) != hk * dim or k_cache.stride(2) != dim or v_cache.stride() != k_cache.stride():
         raise ValueError("rope_store_kv_ needs [blocks, block_size, heads, dim] pools with contiguous tokens")
     half = dim // 2
+    qn, kn, eps = qk_norm if qk_norm is not None else (q, q, 0.0)
     _rope_store_kernel[(t,)](
-        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping,
+        q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping, qn, kn,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0),
-        k_cache.stride(1), k_cache.stride(2),
-        HQ=hq, HK=hk, H_PAD=_pow2(max(hq, hk)), HALF=half, HALF_PAD=_pow2(half),
+        k_cache.stride(1), k_cache.stride(2), eps,
+        HQ=hq, HK=hk, H_PAD=_pow2(max(hq, hk)), HALF=half, HALF_PAD=_pow2(half), QK_NORM=qk_norm is not None,
     )  # fmt: skip

@@ -338,6 +338,23 @@ def test_fused_ops_match_unfused_pytorch(dtype) -> None:
     torch.testing.assert_close(kc2, kc, **tol)
     assert torch.equal(vc2, vc)
 
+    # ... and with Qwen3's per-head q/k RMSNorm in front: the unfused PyTorch norms, then the above
+    qn, kn = RMSNorm(32, 1e-6).cuda().to(dtype), RMSNorm(32, 1e-6).cuda().to(dtype)
+    with torch.no_grad():
+        qn.weight.copy_(rnd(32))
+        kn.weight.copy_(rnd(32))
+    q, k = 3 * q, 0.5 * k  # scales the norm has to take out
+    wq, wk = rot(pos4.long(), qn(q.clone()), kn(k.clone()))
+    kc, vc = torch.zeros_like(kc), torch.zeros_like(vc)
+    write_kv(wk, v, kc, vc, slots)
+    kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
+    gq = q.clone()
+    norms = (qn.weight, kn.weight, 1e-6)
+    triton_ops.rope_store_kv_(gq, k, v, pos4, rot.cos, rot.sin, kc2, vc2, slots.to(torch.int32), norms)
+    torch.testing.assert_close(gq, wq, **tol)
+    torch.testing.assert_close(kc2, kc, **tol)
+    assert torch.equal(vc2, vc)
+
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(37, 96), (512, 4096), (8, 14336)])
