@@ -1076,7 +1076,7 @@ class CalibratedCostModel:
         line does (`_fit_graph_host`): the grid's level is the host's state while the grid ran, and
         it moves. Two profiles of one H100 host 22 minutes apart put the line's fixed part at 14.9
         and 22.7 ms, while their serving loops launched eager steps in 17.5 and 16.7 ms (medians) and
-        their device times agreed to 0.1% (`python -m benchmarks.profile_drift`)."""
+        their device times agreed to 0.04% (median; `python -m benchmarks.profile_drift`)."""
         rows = [
             (s.shape.num_seqs, s.shape.num_tokens, s.launch_s)
             for s in samples

@@ -358,8 +358,8 @@ def iteration_errors(table: dict[str, np.ndarray]) -> dict:
 
 def launch_ratios(table: dict[str, np.ndarray]) -> list[dict]:
     """The run's host launch seconds against the profile's, per launch path: median ratio over the
-    steps both have. Across H200 hosts the grids' device times agree to within 0.5% while their
-    launches differ by 20-40% (`python -m benchmarks.profile_drift`), so a run whose host is slower
+    steps both have. Across H200 hosts the grids' device times agree to within 0.7% while their
+    launches differ by 24-36% (`python -m benchmarks.profile_drift`), so a run whose host is slower
     or faster than its profile's shows here first."""
     rows = []
     m, q, paths = table["launch_s"], table["predicted_launch_s"], table["path"]
