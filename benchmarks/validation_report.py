@@ -313,6 +313,25 @@ def _path_table_html(rows: list[dict], top: int = 15) -> str:
     )
 
 
+def _launch_table_html(rows: list[dict] | None, top: int = 12) -> str:
+    """The run's host launch per step against the profile's, by launch path (`launch_ratios`)."""
+    if not rows:
+        return ""
+    e = html.escape
+    body = "".join(
+        f"<tr><th>{e(r['path'])}</th><td>{r['n']}</td><td>{1e6 * r['measured_median_s']:.0f}</td>"
+        f"<td>{1e6 * r['predicted_median_s']:.0f}</td><td>{r['median_ratio']:.2f}x</td></tr>"
+        for r in rows[:top]
+    )
+    return (
+        "<p>The host's part: a step's launch (staging its inputs, then the graph's replay or Python's "
+        "kernel launches) as this run measured it, against the profile's launch line. The card's times "
+        "repeat across hosts far better than the host's do.</p>"
+        "<table><thead><tr><th>host launch by launch path</th><th>steps</th><th>measured us (median)</th>"
+        "<th>profile us (median)</th><th>median ratio</th></tr></thead><tbody>" + body + "</tbody></table>"
+    )
+
+
 def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
     e = html.escape
     er = result.errors
@@ -372,6 +391,7 @@ def _page(result: ValidationResult, figures: dict[str, go.Figure]) -> str:
         _summary_table_html("per request", er["per_request"]),
         _summary_table_html("per iteration (scheduler + step)", er["iterations"]),
         _path_table_html(er["iterations"].get("by_path", [])),
+        _launch_table_html(er["iterations"].get("host_launch")),
         "</section>",
         "<section><h2>Mirror check</h2><table><thead><tr><th>field</th><th>engine</th><th>simulator</th></tr>"
         f"</thead><tbody>{mirror_rows}</tbody></table></section>",

@@ -181,6 +181,7 @@ def test_report_directory(run) -> None:
     for fig in ("ttft_scatter", "e2e_scatter", "iteration_time", "iteration_scatter", "profile_fit"):
         assert f"id='{fig}'" in page
     assert "side_by_side.html" in page and "Mirror check" in page and "step time by launch path" in page
+    assert "host launch by launch path" in page
     errors = json.loads((out / "errors.json").read_text())
     assert errors["metrics"][0]["metric"] == "ttft_ms"
     assert not any("PNG" in n for n in errors["notes"])  # png=False: not even attempted
