@@ -138,6 +138,9 @@ _MIN_SIDE = 2  # distinct profiled sizes needed on each side of a knot to identi
 # TritonPagedAttention.num_splits): its key granularity (split_block) and the largest split count.
 SPLIT_BLOCK_N = 64
 SPLIT_MAX = 32
+# An eager grid sample whose launch after its preparation is at least this share of its time (less
+# the preparation) is launch-bound: the fit report counts them (`_fit_eager_launch`).
+LAUNCH_BOUND = 0.9
 # The serving phase's eager steps that set the loop's factor when input preparation is modelled
 # (`_fit_eager_scale`): fewer than this many sequences, if there are at least this many steps.
 FEW_SEQS = 64
@@ -1101,6 +1104,19 @@ class CalibratedCostModel:
             f"eager launch (host, {how}): {1e3 * c[0]:.2f} ms + {1e6 * c[1]:.1f} us per "
             f"sequence + {1e6 * c[2]:.2f} us per new token"
         )
+        # Where the launch is the step, the host's speed is its time: say how much of the grid that is.
+        bound = [
+            s.shape.num_tokens
+            for s in samples
+            if s.launch_s and s.device_s is None
+            and s.launch_s - (s.prep_s or 0.0) >= LAUNCH_BOUND * (s.median_s - (s.prep_s or 0.0))
+        ]
+        if bound:
+            self.notes.append(
+                f"{len(bound)} of {len(rows)} eager grid samples ({min(bound)}-{max(bound)} tokens) took no "
+                f"longer than {1 / LAUNCH_BOUND:.2f}x their launch after the preparation: there the host's "
+                "speed, not the device's, sets the step"
+            )
 
     def _overhead(self, s: int, p: int, ptok: int, nd: int) -> float:
         """Scheduler plus bookkeeping seconds of an iteration of s sequences, p of them prefilling

@@ -165,6 +165,20 @@ def test_measured_eager_launch_times_set_the_launch_part() -> None:
     assert m.stage_time(big) == CalibratedCostModel(profile=prof).stage_time(big)
 
 
+def test_the_fit_report_counts_launch_bound_eager_samples() -> None:
+    """An eager sample that took no longer than its launch was the host's time, not the device's."""
+    prof = _profile_with_device_times()
+    eager = [i for i, s in enumerate(prof.samples) if s.prefill and s.device_s is None]
+    bound = set(eager[:2])
+    samples = [
+        replace(s, launch_s=s.median_s if i in bound else 0.5 * s.median_s) if i in eager else s
+        for i, s in enumerate(prof.samples)
+    ]
+    m = CalibratedCostModel(profile=replace(prof, samples=samples))
+    assert any(n.startswith(f"2 of {len(eager)} eager grid samples") for n in m.notes)
+    assert not any("eager grid samples" in n for n in CalibratedCostModel(profile=prof).notes)
+
+
 def test_a_profile_without_device_times_cannot_simulate_async() -> None:
     m = CalibratedCostModel(profile=synthetic_profile(shapes=grid()))
     with pytest.raises(ValueError, match="device_s"):
