@@ -170,6 +170,10 @@ class DecodeGraphs:
         self._host = [init.clone().pin_memory() if pin else init.clone() for _ in range(2)]
         self._np = [h.numpy() for h in self._host]
         self._tab = [a[self._hdr :].reshape(big, self.max_blocks) for a in self._np]
+        # Per host buffer and row: the block table list last written there and how much of it. A
+        # running sequence's table only grows (the block manager appends; freeing gives the sequence
+        # a new list), so when a row holds the same list again only its new tail is written.
+        self._rows: list[list[tuple[list[int], int] | None]] = [[None] * big for _ in range(2)]
         self._flip = 0
         self.input_ids = self.buf[0:big]
         self.positions = self.buf[big : 2 * big]
@@ -283,6 +287,7 @@ class DecodeGraphs:
         self._flip ^= 1
         h = self._np[self._flip]
         tab = self._tab[self._flip]
+        rows = self._rows[self._flip]
         bs = self.block_size
         maxb = self.max_blocks
         limit = self.max_model_len
@@ -313,8 +318,13 @@ class DecodeGraphs:
             nb = len(bt)
             if nb > maxb:  # blocks past max_model_len are never read
                 nb = maxb
-                bt = bt[:maxb]
-            tab[i, :nb] = bt
+            held = rows[i]
+            if held is not None and held[0] is bt and held[1] <= nb:
+                if held[1] < nb:
+                    tab[i, held[1] : nb] = bt[held[1] : nb]
+            else:
+                tab[i, :nb] = bt if nb == len(bt) else bt[:nb]
+            rows[i] = (bt, nb)
             if nb > width:
                 width = nb
             if c + 1 != len(toks):  # a one-token prefill chunk that does not end its prompt
@@ -336,6 +346,7 @@ class DecodeGraphs:
             h[3 * big + b : 3 * big + size] = 1
             h[4 * big + b : 4 * big + size] = -1
             tab[b:size, 0] = self.scratch_block
+            rows[b:size] = [None] * (size - b)
         n = self._hdr + (size - 1) * maxb + width
         self.buf[:n].copy_(self._host[self._flip][:n], non_blocking=True)
         return size, sample

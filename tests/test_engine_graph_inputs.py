@@ -86,6 +86,37 @@ def test_load_matches_build_metadata(seqs: list[Sequence], reuse: int) -> None:
     assert (rows if rows is not None else list(range(b))) == samples
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 24), st.integers(0, 2**16), st.booleans()), min_size=2, max_size=12))
+def test_load_keeps_tables_right_over_many_steps(steps: list[tuple[int, int, bool]]) -> None:
+    """Rows that held the same table list before get only its new blocks written: over steps where
+    sequences decode on (tables growing), drop out, come back in other rows, are preempted (a new
+    list, same length) and batches shrink under padding rows and grow again, every row the kernel
+    reads still says what its sequence's table says."""
+    g = _staging(max_batch=24, max_model_len=160)
+    pool = [_seq(i, 20, 130, 20, list(range(1000 * i, 1000 * i + 8))) for i in range(24)]
+    nxt = 50_000
+    for n, seed, preempt in steps:
+        rng = np.random.default_rng(seed)
+        order = sorted(rng.choice(24, size=n, replace=False)) if rng.random() < 0.5 else list(range(n))
+        seqs = [pool[i] for i in order]
+        for s in seqs:  # one decode step further; a new block when the next token needs one
+            if s.num_computed_tokens + 2 < len(s.token_ids) and s.num_computed_tokens < 150:
+                s.num_computed_tokens += 1
+            while s.num_computed_tokens // BS >= len(s.block_table):
+                s.block_table.append(nxt)
+                nxt += 1
+        if preempt:  # freed and allocated again: a new list object, the same length, other blocks
+            s = seqs[int(rng.integers(n))]
+            s.block_table = [nxt + j for j in range(len(s.block_table))]
+            nxt += len(s.block_table)
+        size, _ = g.load(seqs)
+        for i, s in enumerate(seqs):
+            need = -(-(s.num_computed_tokens + 1) // BS)
+            assert g.tables[i, :need].tolist() == s.block_table[:need], (i, s.id)
+        assert g.tables[n:size, 0].tolist() == [SCRATCH] * (size - n)
+
+
 def test_load_rejects_what_it_cannot_decode() -> None:
     g = _staging(max_batch=4, max_model_len=16)
     with pytest.raises(ValueError, match="sequence 0"):
