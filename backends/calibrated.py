@@ -430,6 +430,11 @@ def _host_rows(shapes: Iterable[BatchShape]) -> np.ndarray:
     return np.array([[1.0, sh.num_seqs, _context_tokens(sh)] for sh in shapes], dtype=float)
 
 
+def _line_s(line: tuple[float, float, float], shape: BatchShape, tokens: int) -> float:
+    """A host line's seconds: fixed + per sequence + per token (context or new tokens, by line)."""
+    return line[0] + line[1] * shape.num_seqs + line[2] * tokens
+
+
 def _distinct_sizes(shapes: Iterable[BatchShape]) -> int:
     """How many distinct (sequences, context tokens) points the shapes give a host line."""
     return len({(sh.num_seqs, _context_tokens(sh)) for sh in shapes})
@@ -891,7 +896,7 @@ class CalibratedCostModel:
         p = self._eager_prep
         if p is None or self.step_bucket(shape) is not None:
             return 0.0
-        return p[0] + p[1] * shape.num_seqs + p[2] * _context_tokens(shape)
+        return _line_s(p, shape, _context_tokens(shape))
 
     def _fit_eager_scale(self, serving: list[ShapeSample]) -> None:
         """How much slower the serving loop runs eager steps than the grid measured them: the median
@@ -1054,8 +1059,7 @@ class CalibratedCostModel:
             )
 
     def _graph_host_s(self, kind: str, shape: BatchShape) -> float:
-        a, b, c = self._graph_host[kind]
-        return a + b * shape.num_seqs + c * _context_tokens(shape)
+        return _line_s(self._graph_host[kind], shape, _context_tokens(shape))
 
     def _as_served(self, s: ShapeSample) -> ShapeSample:
         """A graph sample as the loop runs it: device time plus the loop's host part, where the host
@@ -1080,22 +1084,19 @@ class CalibratedCostModel:
         it moves. Two profiles of one H100 host 22 minutes apart put the line's fixed part at 14.9
         and 22.7 ms, while their serving loops launched eager steps in 17.5 and 16.7 ms (medians) and
         their device times agreed to 0.04% (median; `python -m benchmarks.profile_drift`)."""
-        rows = [
-            (s.shape.num_seqs, s.shape.num_tokens, s.launch_s)
-            for s in samples
-            if s.launch_s and s.device_s is None  # a graph step's launch stages inputs for one replay
-        ]
+        # a graph step's launch stages inputs for one replay: not an eager launch
+        timed = [s for s in samples if s.launch_s and s.device_s is None]
         self._eager_launch: tuple[float, float, float] | None = None
-        if len({(n, t) for n, t, _ in rows}) < 3:
+        if len({(s.shape.num_seqs, s.shape.num_tokens) for s in timed}) < 3:
             return
-        X = np.array([[1.0, float(n), float(t)] for n, t, _ in rows])
-        c = _nnls_absolute(X, np.array([x for _, _, x in rows]))
+        X = np.array([[1.0, float(s.shape.num_seqs), float(s.shape.num_tokens)] for s in timed])
+        c = _nnls_absolute(X, np.array([s.launch_s for s in timed]))
         loop = [
             t.launch_s - c[1] * t.shape.num_seqs - c[2] * t.shape.num_tokens
             for t in self.profile.serving
             if t.launch_s and self.as_decode(t.shape) is None and self.step_bucket(t.shape) is None
         ]
-        how = f"{len(rows)} grid samples"
+        how = f"{len(timed)} grid samples"
         if loop:
             c[0] = max(0.0, float(np.mean(loop)))
             how += f", at the level of the serving loop's {len(loop)}"
@@ -1107,13 +1108,12 @@ class CalibratedCostModel:
         # Where the launch is the step, the host's speed is its time: say how much of the grid that is.
         bound = [
             s.shape.num_tokens
-            for s in samples
-            if s.launch_s and s.device_s is None
-            and s.launch_s - (s.prep_s or 0.0) >= LAUNCH_BOUND * (s.median_s - (s.prep_s or 0.0))
+            for s in timed
+            if s.launch_s - (s.prep_s or 0.0) >= LAUNCH_BOUND * (s.median_s - (s.prep_s or 0.0))
         ]
         if bound:
             self.notes.append(
-                f"{len(bound)} of {len(rows)} eager grid samples ({min(bound)}-{max(bound)} tokens) took no "
+                f"{len(bound)} of {len(timed)} eager grid samples ({min(bound)}-{max(bound)} tokens) took no "
                 f"longer than {1 / LAUNCH_BOUND:.2f}x their launch after the preparation: there the host's "
                 "speed, not the device's, sets the step"
             )
@@ -1255,7 +1255,7 @@ class CalibratedCostModel:
             tokens = shape.num_tokens
         if line is None:
             return None
-        return line[0] + line[1] * shape.num_seqs + line[2] * tokens
+        return _line_s(line, shape, tokens)
 
     def parts(self, shape: BatchShape) -> dict[str, float]:
         """The iteration split as the engine splits it: 'execute' (ModelRunner.execute), 'schedule'
