@@ -209,6 +209,26 @@ def sampling_intervals(
     }
 
 
+def format_repeats(rp: dict) -> list[str]:
+    """`repeat_summary`'s rows as text: each headline figure's spread over the measured runs and where
+    the prediction falls against them."""
+    lines = [f"measured {rp['runs']} times (same slice, same engine): headline spread and prediction"]
+    for x in rp["rows"]:
+        if x["spread"] is None:
+            continue
+        inside = "inside" if x["predicted_within_range"] else "outside"
+        lines.append(
+            f"  {x['label']:<32} spread {x['spread']:6.1%}   vs median {x['rel_error_vs_median']:+.1%}   "
+            f"prediction {inside} the range"
+        )
+    if rp["max_abs_rel_error_vs_median"] is not None:
+        lines.append(
+            f"headline |error| against the median run max {rp['max_abs_rel_error_vs_median']:.1%}: "
+            f"{'all within' if rp['all_within_target_vs_median'] else 'NOT all within'}"
+        )
+    return lines
+
+
 def repeated_runs(repeats: dict) -> list[dict]:
     """The measured runs' headline figures back as metrics dicts (for `repeat_summary` against a new
     prediction: a recomputed report keeps what the engine measured)."""
@@ -487,23 +507,8 @@ def format_errors(errors: dict) -> str:
             f"headline |error| max {h['max_abs_rel_error']:.1%} (target {errors['target']:.0%}): "
             f"{'all within' if h['all_within_target'] else 'NOT all within'}"
         )
-    rp = errors.get("repeats")
-    if rp:
-        lines.append(f"measured {rp['runs']} times (same slice, same engine): headline spread and prediction")
-        for x in rp["rows"]:
-            if x["spread"] is None:
-                continue
-            inside = "inside" if x["predicted_within_range"] else "outside"
-            e = x["rel_error_vs_median"]
-            lines.append(
-                f"  {x['label']:<32} spread {x['spread']:6.1%}   vs median {e:+.1%}   "
-                f"prediction {inside} the range"
-            )
-        if rp["max_abs_rel_error_vs_median"] is not None:
-            lines.append(
-                f"headline |error| against the median run max {rp['max_abs_rel_error_vs_median']:.1%}: "
-                f"{'all within' if rp['all_within_target_vs_median'] else 'NOT all within'}"
-            )
+    if errors.get("repeats"):
+        lines += format_repeats(errors["repeats"])
     sp = errors.get("sampling")
     if sp and sp["max_beyond"] is not None:
         n = max(r["n"] for r in sp["rows"])
