@@ -61,6 +61,18 @@ def splits(rows: int, sms: int = SMS) -> int:
     return triton_decode_splits(rows, ARCH.num_kv_heads, sms, MAX_LEN)
 
 
+def rate_rows(nd: int, r: int) -> int:
+    """The rows whose per-token rate nd decodes in the graph of r rows read KV at: a padded row reads
+    none, so nd where the bucket below launches alike (one split, the same tile width)."""
+    i = BUCKETS.index(r)
+    if nd < r and i > 0:
+        below = BUCKETS[i - 1]
+        tile = lambda x: triton_decode_tile(x, ARCH.num_kv_heads, SMS, "bfloat16")  # noqa: E731
+        if splits(below) == splits(r) == 1 and tile(below) == tile(r):
+            return nd
+    return r
+
+
 def even_max(s: BatchShape) -> int:
     return s.decode_max_context or -(-s.decode_context // s.num_decode)
 
@@ -75,7 +87,7 @@ def true_execute(
     if not shape.prefill:
         r = bucket(nd)
         a = DEC["fixed"] + DEC["row"] * r + DEC["row>64"] * max(0, r - 64)
-        b = DEC["ctx"] + DEC["ctx_row"] * r
+        b = DEC["ctx"] + DEC["ctx_row"] * rate_rows(nd, r)
         w = triton_decode_tile(r, ARCH.num_kv_heads, SMS, "bfloat16")
         crit = DEC[f"longest[{w}]"] * even_max(shape) / splits(r) if triton else 0.0
         return a + DEC["seq"] * nd + b * ctx + crit
@@ -251,6 +263,22 @@ def test_noise_free_fit_reproduces_the_machine() -> None:
         assert dec[f"ctx[{b}]"] == pytest.approx(DEC["ctx"] + DEC["ctx_row"] * b, rel=1e-6)
     np.testing.assert_allclose(m.schedule_fit.coef, SCHED, rtol=1e-6, atol=1e-13)
     np.testing.assert_allclose(m.complete_fit.coef, (*COMP, HASH), rtol=1e-6, atol=1e-13)
+
+
+def test_a_part_filled_bucket_reads_kv_between_its_neighbours_rates() -> None:
+    """A padded row reads no KV: n decodes in the graph of r rows pay the per-token rate between the
+    bucket below's and r's, by n, where both launch alike (one split, one tile width)."""
+    m = _NOISE_FREE
+    dec = dict(zip(m.decode_fit.terms, m.decode_fit.coef))
+    assert m.splits(80) == m.splits(96) == 1 and m.tile(80) == m.tile(96)
+    for n in (81, 88, 95):
+        want = dec["ctx[80]"] + (n - 80) / 16 * (dec["ctx[96]"] - dec["ctx[80]"])
+        assert m.decode_line(n)[1] == pytest.approx(want, rel=1e-9)
+        assert m.decode_line(n)[1] == pytest.approx(DEC["ctx"] + DEC["ctx_row"] * n, rel=1e-6)
+    assert m.decode_line(96)[1] == pytest.approx(dec["ctx[96]"], rel=1e-12)
+    # 17-32 sequences: the 16-row launch splits its keys, the 32-row one does not: 32's own rate
+    assert m.splits(16) > 1 == m.splits(32)
+    assert m.decode_line(20)[1] == pytest.approx(dec["ctx[32]"], rel=1e-12)
 
 
 def test_serving_phase_sets_the_cpu_phases_not_the_decode_fit() -> None:
