@@ -21,7 +21,10 @@ ctx and longest single context max_ctx:
                linearly in B between profiled ones. Per-B lines, not one slope: the measured cost per
                context token falls from ~50 ns at batch 1 to ~33 ns at batch 64 on an H200 and jumps
                with wave quantisation past it; one shared slope left the profile's own decode
-               samples up to 28% off.
+               samples up to 28% off. The grid times full buckets; a served step of n < B
+               sequences reads the KV of its n sequences only (padded rows read none), so where
+               the bucket below launches alike its b is taken between that bucket's and B's, by n
+               (`_between`).
   longest      the paged-attention kernel's critical path. The Triton decode kernel
                (engine/triton_attention.py) runs one program per (sequence, KV head, split) and
                splits the key range S ways only while the grid would leave SMs idle (Flash-Decoding,
