@@ -123,7 +123,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -428,14 +428,32 @@ def _context_tokens(shape: BatchShape) -> int:
     return shape.decode_context + sum(n + c for n, c in shape.prefill)
 
 
-def _host_rows(shapes: Iterable[BatchShape]) -> np.ndarray:
-    """Design rows of a graph step's host line: fixed, per sequence, per context token."""
-    return np.array([[1.0, sh.num_seqs, _context_tokens(sh)] for sh in shapes], dtype=float)
+def _new_tokens(shape: BatchShape) -> int:
+    return shape.num_tokens
+
+
+def _host_rows(
+    shapes: Iterable[BatchShape], tokens: Callable[[BatchShape], int] = _context_tokens
+) -> np.ndarray:
+    """Design rows of a host line: fixed, per sequence, per token (context tokens for a graph step's
+    line, new tokens for an eager launch's)."""
+    return np.array([[1.0, sh.num_seqs, tokens(sh)] for sh in shapes], dtype=float)
 
 
 def _line_s(line: tuple[float, float, float], shape: BatchShape, tokens: int) -> float:
     """A host line's seconds: fixed + per sequence + per token (context or new tokens, by line)."""
     return line[0] + line[1] * shape.num_seqs + line[2] * tokens
+
+
+def _loop_level(
+    slopes: np.ndarray,
+    loop: list[tuple[BatchShape, float]],
+    tokens: Callable[[BatchShape], int] = _context_tokens,
+) -> float:
+    """The fixed part of a host line at the serving loop's level: the mean offset of the loop's
+    launches (shape, seconds) from the grid's slopes (`slopes[1:]`), at least 0."""
+    off = [x - slopes[1] * sh.num_seqs - slopes[2] * tokens(sh) for sh, x in loop]
+    return max(0.0, float(np.mean(off)))
 
 
 def _distinct_sizes(shapes: Iterable[BatchShape]) -> int:
@@ -1078,9 +1096,8 @@ class CalibratedCostModel:
                 # short, where sequences and context tokens cannot be told apart); the fixed part
                 # from the loop's, as the mean offset of its launches from those slopes.
                 c = _nnls_absolute(_host_rows(s.shape for s in timed), np.array([s.launch_s for s in timed]))
-                off = [x - c[1] * sh.num_seqs - c[2] * _context_tokens(sh) for sh, x in loop]
                 rest = [s.median_s - s.launch_s - s.device_s for s in timed]
-                launch = max(0.0, float(np.mean(off)))
+                launch = _loop_level(c, loop)
                 self._graph_launch[kind] = (launch, float(c[1]), float(c[2]))
                 c[0] = launch + max(0.0, float(np.median(rest)))
                 how = f"the grid's launches, offset to the serving loop's ({len(loop)})"
@@ -1126,16 +1143,16 @@ class CalibratedCostModel:
         self._eager_launch: tuple[float, float, float] | None = None
         if len({(s.shape.num_seqs, s.shape.num_tokens) for s in timed}) < 3:
             return
-        X = np.array([[1.0, float(s.shape.num_seqs), float(s.shape.num_tokens)] for s in timed])
+        X = _host_rows((s.shape for s in timed), _new_tokens)
         c = _nnls_absolute(X, np.array([s.launch_s for s in timed]))
         loop = [
-            t.launch_s - c[1] * t.shape.num_seqs - c[2] * t.shape.num_tokens
+            (t.shape, t.launch_s)
             for t in self.profile.serving
             if t.launch_s and self.as_decode(t.shape) is None and self.step_bucket(t.shape) is None
         ]
         how = f"{len(timed)} grid samples"
         if loop:
-            c[0] = max(0.0, float(np.mean(loop)))
+            c[0] = _loop_level(c, loop, _new_tokens)
             how += f", at the level of the serving loop's {len(loop)}"
         self._eager_launch = (float(c[0]), float(c[1]), float(c[2]))
         self.notes.append(
