@@ -23,7 +23,6 @@ from benchmarks.validation_errors import (
     DEFAULT_TARGET,
     error_rows,
     format_repeats,
-    rel_error,
     repeat_summary,
     repeated_runs,
 )
@@ -88,10 +87,8 @@ def gather(dirs: list[str | Path], target: float = DEFAULT_TARGET) -> dict:
         if p is not base:
             _check_same_slice(first, measured, p, base)
             other = RunResult.read(p / "predicted").metrics
-            for r in error_rows(other, predicted, target):
-                e = rel_error(r["predicted"], r["measured"])
-                if r["headline"] and e is not None:
-                    diffs.append(abs(e))
+            diffs += [abs(r["rel_error"]) for r in error_rows(other, predicted, target)
+                      if r["headline"] and r["rel_error"] is not None]  # fmt: skip
         errors = _read_errors(p)
         runs += repeated_runs(errors["repeats"]) if errors.get("repeats") else [measured.metrics]
     summary = repeat_summary(runs, predicted, target)
